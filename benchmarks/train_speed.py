@@ -1,0 +1,115 @@
+"""Training and encoding throughput of the end-to-end path (and the feature-cache path on CPU).
+
+    python benchmarks/train_speed.py --backbone vgg16 --random-init
+
+Synthetic 32×32 uint8 images (CIFAR-sized) live on the device; each step takes a batch,
+makes two augmented 224 px views per image (the batched GPU recipe), runs the frozen backbone
+once on both views (bf16, channels-last on CUDA) and trains a CIBHash head — the trainer's own
+code path (`make_image_forward` + `run_epoch`). Images/s counts images, not views.
+Final line: ``train_img_per_s=<x> encode_img_per_s=<y>`` (+ ``cache_head_img_per_s=<z>`` on CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from contrahash.backbones import build_backbone
+
+from contrahash.augment import test_transform, view_augmenters
+from contrahash.features import autocast_for, backbone_inputs
+from contrahash.methods import OptimSpec, StepInfo, build_method
+from contrahash.train import make_image_forward, make_optimizer, run_epoch, train_on_features
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--backbone", default="vgg16")
+    ap.add_argument("--random-init", action="store_true")
+    ap.add_argument("--weights", default=None)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--steps", type=int, default=None, help="timed training steps")
+    ap.add_argument("--bits", type=int, default=64)
+    ap.add_argument("--compile", action="store_true", help="torch.compile the backbone")
+    ap.add_argument("--finetune-blocks", type=int, default=0)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    steps = args.steps or (60 if device.type == "cuda" else 3)
+    backbone = build_backbone(args.backbone, weights=args.weights, random_init=args.random_init,
+                              finetune_blocks=args.finetune_blocks).to(device)
+    if device.type == "cuda":
+        backbone = backbone.to(memory_format=torch.channels_last)
+    if args.compile:
+        backbone.forward = torch.compile(backbone.forward)
+    method = build_method("cibhash", backbone.feature_dim, [args.bits]).to(device)
+    gen = torch.Generator(device=device.type).manual_seed(0)
+    n = args.batch * (steps + 5)
+    images = torch.randint(0, 256, (n, 32, 32, 3), dtype=torch.uint8, generator=None).to(device)
+    augmenters = view_augmenters("contrastive", args.size, 2)
+    forward = make_image_forward(backbone, augmenters, device, generator=gen)
+    optimizer = make_optimizer(OptimSpec(), list(method.parameters()),
+                               [p for p in backbone.parameters() if p.requires_grad])
+
+    def batches(count: int):
+        for i in range(count):
+            rows = torch.arange(i * args.batch, (i + 1) * args.batch, device=device)
+            yield [images[rows], images[rows]], rows
+
+    trainables = (backbone,) if args.finetune_blocks else ()
+    run_epoch(method, optimizer, batches(5 if device.type == "cuda" else 1), StepInfo(),
+              forward, trainables=trainables)  # warm-up (cudnn autotune, compile)
+    _sync(device)
+    t = time.perf_counter()
+    run_epoch(method, optimizer, batches(steps), StepInfo(), forward, trainables=trainables)
+    _sync(device)
+    train_rate = steps * args.batch / (time.perf_counter() - t)
+    print(f"train: {train_rate:,.0f} img/s ({2 * train_rate:,.0f} views/s), "
+          f"{args.backbone} {args.size}px batch {args.batch}, device {device}")
+
+    enc_batch = 512 if device.type == "cuda" else 64
+    enc_steps = 20 if device.type == "cuda" else 2
+    method.eval()
+    backbone.eval()
+
+    def encode_once(i: int) -> None:
+        rows = torch.arange(i * enc_batch, (i + 1) * enc_batch, device=device) % n
+        with torch.no_grad(), autocast_for(device):
+            x = backbone_inputs(backbone, images[rows], lambda b: test_transform(b, args.size), device)
+            method.encode(backbone(x).float())
+
+    encode_once(0)
+    _sync(device)
+    t = time.perf_counter()
+    for i in range(enc_steps):
+        encode_once(i)
+    _sync(device)
+    encode_rate = enc_steps * enc_batch / (time.perf_counter() - t)
+    print(f"encode: {encode_rate:,.0f} img/s (batch {enc_batch})")
+    line = f"train_img_per_s={train_rate:.1f} encode_img_per_s={encode_rate:.1f}"
+    if device.type == "cpu":
+        feats = torch.from_numpy(np.random.default_rng(0).standard_normal(
+            (2048, 8, backbone.feature_dim), dtype=np.float32))
+        head = build_method("cibhash", backbone.feature_dim, [args.bits])
+        t = time.perf_counter()
+        train_on_features(head, feats, epochs=1, optim=OptimSpec(batch_size=args.batch))
+        cache_rate = feats.shape[0] / (time.perf_counter() - t)
+        print(f"cache head: {cache_rate:,.0f} img/s (head training from cached features)")
+        line += f" cache_head_img_per_s={cache_rate:.1f}"
+    print(line)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+"""contrahash: unsupervised deep hashing for image retrieval."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,222 @@
+"""Run configuration: dataclasses with defaults in code; YAML files and ``key=value`` on top.
+
+>>> cfg = resolve_config(None, ["method=cibhash", "bits=[16,64]", "backbone.finetune_blocks=6"])
+>>> cfg.method, cfg.bits, cfg.backbone.finetune_blocks
+('cibhash', [16, 64], 6)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration file or override names an unknown field or an invalid value."""
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and how they are split."""
+
+    source: str = "digits"
+    image_root: str | None = None
+    protocol: str = "custom"
+    #: protocol options (e.g. ``scale`` for scaled-down presets, sizes/fractions for custom)
+    protocol_options: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    cache_dir: str | None = None
+
+
+@dataclass
+class BackboneConfig:
+    """Feature extractor and how much of it trains."""
+
+    name: str = "efficientnet_lite0"
+    weights: str | None = None
+    random_init: bool = False
+    #: 0 = frozen, N = last N blocks fine-tuned, -1 = everything
+    finetune_blocks: int = 0
+    #: input resolution; None = the backbone's own (224 for lite0)
+    image_size: int | None = None
+
+
+@dataclass
+class CacheConfig:
+    """Frozen-backbone feature cache (what makes CPU training practical)."""
+
+    #: "auto" = use it when the backbone is frozen and the method takes vectors
+    mode: str = "auto"
+    #: augmented views per training image computed once
+    views: int = 8
+    dir: str | None = None
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs; written resolved into every run directory."""
+
+    method: str = "fdbh"
+    method_config: dict[str, Any] = field(default_factory=dict)
+    bits: list[int] = field(default_factory=lambda: [16, 32, 64])
+    data: DataConfig = field(default_factory=DataConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    #: overrides of the method's OptimSpec (name, lr, weight_decay, momentum, batch_size,
+    #: epochs, backbone_lr_scale, schedule)
+    optim: dict[str, Any] = field(default_factory=dict)
+    #: overrides of the augmentation recipe parameters (e.g. flip_p: 0 for digits)
+    augment: dict[str, Any] = field(default_factory=dict)
+    device: str = "auto"
+    amp: bool = True
+    channels_last: bool = True
+    compile: bool = False
+    seed: int = 0
+    eval_batch_size: int = 512
+    #: deterministic CPU kernels (for bit-identical resume checks); slower
+    deterministic: bool = False
+    out_dir: str = "runs"
+    name: str | None = None
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return get_type_hints(cls)
+
+
+def _coerce(value: Any, typ: Any, path: str) -> Any:
+    """Check/convert a YAML or CLI value to the annotated type, naming the field on failure."""
+    origin = getattr(typ, "__origin__", None)
+    args = getattr(typ, "__args__", ())
+    if dataclasses.is_dataclass(typ):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return _build(typ, value, path)
+    if type(None) in args:  # Optional[X]
+        if value is None:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], path)
+    if origin is list:
+        if not isinstance(value, list):
+            value = [value]
+        return [_coerce(v, args[0], f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return dict(value)
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{path}: expected true/false, got {value!r}")
+    if typ in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        try:
+            converted = typ(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{path}: expected {typ.__name__}, got {value!r}") from None
+        if typ is int and isinstance(value, float) and not value.is_integer():
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        return converted
+    if typ is str:
+        if not isinstance(value, str | int | float):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _build(cls: type, values: dict[str, Any], path: str = "") -> Any:
+    types = _field_types(cls)
+    unknown = sorted(set(values) - set(types))
+    if unknown:
+        where = f"'{path}'" if path else "the top level"
+        raise ConfigError(
+            f"unknown config key(s) {unknown} in {where}; known keys: {sorted(types)}"
+        )
+    kwargs = {k: _coerce(v, types[k], f"{path}.{k}" if path else k) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b=value`` → (["a", "b"], parsed YAML value)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like key=value (e.g. bits=[16,32])")
+    key, raw = text.split("=", 1)
+    if not key.strip():
+        raise ConfigError(f"override '{text}' has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override '{text}': value is not valid YAML ({exc})") from None
+    return key.strip().split("."), value
+
+
+def _merge(base: dict[str, Any], keys: list[str], value: Any) -> None:
+    node = base
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {'.'.join(keys)}: '{key}' is not a section")
+    if isinstance(value, dict) and isinstance(node.get(keys[-1]), dict):
+        node[keys[-1]] = {**node[keys[-1]], **value}  # free-form sections merge key by key
+    else:
+        node[keys[-1]] = value
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML config file into a dict, with errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
+    return data
+
+
+def resolve_config(
+    path: str | os.PathLike | None, overrides: list[str] | None = None, base: dict | None = None
+) -> TrainConfig:
+    """Defaults ← ``base`` dict ← YAML file ← ``key=value`` overrides → validated TrainConfig."""
+    values: dict[str, Any] = {}
+    for source in (base or {}), (load_yaml(path) if path else {}):
+        for key, value in _flatten(source):
+            _merge(values, key, value)
+    for text in overrides or []:
+        keys, value = parse_override(text)
+        _merge(values, keys, value)
+    try:
+        return _build(TrainConfig, values)
+    except ConfigError as exc:
+        where = f"{path}: " if path else ""
+        raise ConfigError(f"{where}{exc}") from None
+
+
+def _flatten(d: dict[str, Any], prefix: list[str] | None = None):
+    """Yield (key path, value) with dict-valued *sections* descended, free-form dicts kept whole."""
+    prefix = prefix or []
+    for key, value in d.items():
+        path = [*prefix, str(key)]
+        if isinstance(value, dict) and path[-1] not in _FREE_FORM:
+            yield from _flatten(value, path)
+        else:
+            yield path, value
+
+
+# dict-typed fields whose contents are method/protocol specific (validated elsewhere)
+_FREE_FORM = {"method_config", "protocol_options", "optim", "augment"}
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain dict of a (nested) config dataclass, for YAML/JSON."""
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,179 @@
+"""Backbone feature extraction and the frozen-backbone feature cache.
+
+Training a hashing head on a frozen backbone only ever needs the backbone outputs of a few
+augmented views per training image. :class:`FeatureCache` computes V views per image once
+(a memory-mapped float16 file keyed by backbone, weights, resolution, dataset fingerprint,
+augmentation and view seed) and every later run — other methods, other code lengths, other
+seeds of the head — trains from it. On the 2-core CPU this turns a CIFAR-10 experiment from
+hours into minutes.
+
+Cost: one backbone forward per cached view, i.e. ``n_train × V`` forwards once, plus one per
+evaluated image. The forward cost grows with the square of the resolution (EfficientNet-Lite0
+is ~0.39 GFLOP at 224 px, ~0.07 at 96 px); lower resolutions are proportionally cheaper but
+lose accuracy on upsampled 32 px CIFAR images much less than on native high-res data.
+Storage: ``n × V × d × 2`` bytes (5,000 × 8 × 1280 → 98 MiB).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from contrahash.io import write_json
+
+ImageTransform = Callable[..., torch.Tensor]
+
+
+def default_cache_dir() -> Path:
+    """``$CONTRAHASH_CACHE`` or ``~/.cache/contrahash``."""
+    return Path(os.environ.get("CONTRAHASH_CACHE", Path.home() / ".cache" / "contrahash"))
+
+
+def autocast_for(device: torch.device, enabled: bool = True):
+    """bf16 autocast on CUDA, nothing on CPU."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def backbone_inputs(
+    backbone: Any,
+    images_uint8: torch.Tensor,
+    transform: ImageTransform,
+    device: torch.device,
+    channels_last: bool = True,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """uint8 [B,H,W,3] → transformed, normalised float [B,3,S,S] on ``device``."""
+    x = images_uint8.to(device, non_blocking=True)
+    x = transform(x, generator=generator) if generator is not None else transform(x)
+    x = backbone.normalize(x)
+    if channels_last and device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+@torch.no_grad()
+def extract_features(
+    backbone: Any,
+    images: Any,
+    indices: Sequence[int] | np.ndarray,
+    transform: ImageTransform,
+    *,
+    device: torch.device | str = "cpu",
+    batch_size: int = 256,
+    amp: bool = True,
+    tokens: bool = False,
+    generator: torch.Generator | None = None,
+    out: np.ndarray | None = None,
+    start: int = 0,
+    on_batch: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """Backbone outputs of ``images[indices]`` under ``transform``, as float16 rows.
+
+    Writes into ``out`` (e.g. a memmap) from row ``start`` when given, so long extractions can
+    resume; returns the filled array.
+    """
+    device = torch.device(device)
+    indices = np.asarray(indices, dtype=np.int64)
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        for lo in range(start, len(indices), batch_size):
+            hi = min(lo + batch_size, len(indices))
+            batch = images[indices[lo:hi]]
+            x = backbone_inputs(backbone, batch, transform, device, generator=generator)
+            with autocast_for(device, amp):
+                f = backbone.forward_tokens(x) if tokens else backbone(x)
+            f = f.float().cpu().numpy().astype(np.float16)
+            if out is None:
+                out = np.empty((len(indices), *f.shape[1:]), dtype=np.float16)
+            out[lo:hi] = f
+            if on_batch is not None:
+                on_batch(hi - lo)
+    finally:
+        backbone.train(was_training)
+    if out is None:
+        raise ValueError("extract_features: no images to process")
+    return out
+
+
+class FeatureCache:
+    """A folder of memory-mapped feature arrays, one per key, computed once and resumable.
+
+    >>> import tempfile
+    >>> cache = FeatureCache(tempfile.mkdtemp())
+    >>> arr = cache.get_or_compute({"x": 1}, (4, 2), lambda out, start: out.fill(1) or out)
+    >>> float(arr.sum())
+    8.0
+    """
+
+    def __init__(self, root: str | os.PathLike | None = None):
+        self.root = Path(root) if root is not None else default_cache_dir() / "features"
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    @staticmethod
+    def key(parts: dict[str, Any]) -> str:
+        """Stable short hash of the parts that define a feature array."""
+        blob = json.dumps(parts, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:24]
+
+    def path(self, parts: dict[str, Any]) -> Path:
+        """Final .npy path for these key parts."""
+        return self.root / f"{self.key(parts)}.npy"
+
+    def get_or_compute(
+        self,
+        parts: dict[str, Any],
+        shape: tuple[int, ...],
+        compute: Callable[[np.ndarray, int], np.ndarray],
+        dtype: Any = np.float16,
+        checkpoint_rows: int | None = None,
+    ) -> np.ndarray:
+        """Return the cached array, or compute it with ``compute(out_memmap, start_row)``.
+
+        Progress is kept in a ``.partial.npy`` + ``.progress`` pair so an interrupted
+        computation restarts where it stopped (``compute`` must honour ``start_row`` and may
+        call :meth:`mark_progress`).
+        """
+        final = self.path(parts)
+        if final.exists():
+            arr = np.load(final, mmap_mode="r")
+            if arr.shape == tuple(shape):
+                return arr
+            final.unlink()  # stale shape: recompute
+        partial = final.with_suffix(".partial.npy")
+        progress = final.with_suffix(".progress")
+        start = 0
+        if partial.exists() and progress.exists():
+            out = np.lib.format.open_memmap(partial, mode="r+")
+            start = int(progress.read_text() or 0) if out.shape == tuple(shape) else 0
+            if out.shape != tuple(shape):
+                del out
+                partial.unlink()
+                out = np.lib.format.open_memmap(partial, mode="w+", dtype=dtype, shape=shape)
+        else:
+            out = np.lib.format.open_memmap(partial, mode="w+", dtype=dtype, shape=shape)
+        self._progress_file = progress
+        compute(out, start)
+        out.flush()
+        del out
+        os.replace(partial, final)
+        if progress.exists():
+            progress.unlink()
+        write_json(final.with_suffix(".json"), parts)
+        return np.load(final, mmap_mode="r")
+
+    def mark_progress(self, rows_done: int) -> None:
+        """Record that the first ``rows_done`` rows of the array being computed are final."""
+        progress = getattr(self, "_progress_file", None)
+        if progress is not None:
+            progress.write_text(str(rows_done))
