@@ -142,7 +142,7 @@ class RunContext:
             torch.backends.cudnn.allow_tf32 = True
         self.dataset = load_source(expand_source(cfg.data.source), image_root=cfg.data.image_root,
                                    cache_dir=cfg.data.cache_dir)
-        self.split = split_for_run(self.run_dir / "split", cfg.data.protocol, self.dataset,
+        self.split = split_for_run(self.run_dir, cfg.data.protocol, self.dataset,
                                    seed=cfg.data.seed, **cfg.data.protocol_options)
         bb = cfg.backbone
         torch.manual_seed(cfg.seed)  # random-init backbones are a function of the seed

@@ -1,0 +1,675 @@
+"""Image sources: one loader per on-disk format, and :func:`load_source` to pick among them.
+
+| spec | loader | store |
+|---|---|---|
+| ``"digits"`` | scikit-learn's 1,797 8×8 digits | in memory, 8×8 |
+| ``path/to/file.npz`` | packed-JPEG CIFAR-10 (decoded once, cached) | in memory, 32×32 |
+| ``"cifar10"`` / ``…/cifar-10-batches-py`` (or its parent) | torchvision's python pickles | in memory, 32×32 |
+| ``ROOT/`` with ``ROOT/<class>/<file>`` or ``ROOT/<split>/<class>/<file>`` | image folder | see below |
+| ``list.txt`` (``rel/path.jpg l1 … lC``, 0/1 multi-hot) | list file, paths under ``image_root`` | see below |
+
+Folder and list sources load into memory when they hold at most :data:`LAZY_THRESHOLD` images
+(and would take at most :data:`MEMORY_BUDGET` bytes); larger ones (or ``lazy=True``) become a
+:class:`LazyImages` store decoding on access. In memory, images that all share one size keep it
+(unless ``store_size`` asks for another); mixed sizes are resized to ``store_size`` (default
+256) squared. Lazy stores always resize to ``store_size`` (default 256).
+
+Bad files (zero bytes, not an image, undecodable, truncated, missing) are skipped, counted in
+``dataset.skipped`` and summarised in one ``UserWarning``. For lazy stores the load-time check
+is a header read plus ``Image.verify()``; a file that still fails when accessed gives a gray
+placeholder (see :class:`LazyImages`). Structural problems raise :class:`DataError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import pickle
+import warnings
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from contrahash.data.dataset import ImageDataset, one_hot
+from contrahash.data.errors import DataError
+from contrahash.data.images import (
+    DECODE_ERRORS,
+    LazyImages,
+    TensorImages,
+    decode_image,
+    default_workers,
+    describe_error,
+    is_hidden,
+    probe_image,
+    resize_tensor_images,
+)
+
+log = logging.getLogger(__name__)
+
+#: folder/list sources with more images than this load lazily
+LAZY_THRESHOLD = 20_000
+#: ... and so do those whose in-memory tensor would be larger than this many bytes
+MEMORY_BUDGET = 4 << 30
+#: side length images are resized to when a source needs one common size
+DEFAULT_STORE_SIZE = 256
+#: top-level folder names that mark a ``ROOT/<split>/<class>/<file>`` tree
+SPLIT_NAMES = frozenset(
+    "train training test testing val valid validation dev database db query queries "
+    "gallery retrieval trainval".split()
+)
+LIST_SUFFIXES = frozenset({".txt", ".lst", ".list"})
+CIFAR_DIR = "cifar-10-batches-py"
+_CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
+_CIFAR_TEST = "test_batch"
+
+
+def default_cache_dir() -> Path:
+    """``$CONTRAHASH_CACHE`` or ``~/.cache/contrahash``."""
+    return Path(os.environ.get("CONTRAHASH_CACHE") or Path.home() / ".cache" / "contrahash")
+
+
+def load_source(
+    spec: str | os.PathLike,
+    *,
+    image_root: str | os.PathLike | None = None,
+    store_size: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    download: bool = False,
+    workers: int | None = None,
+    lazy: bool | None = None,
+    class_names: Sequence[str] | str | os.PathLike | None = None,
+) -> ImageDataset:
+    """Load a dataset from a spec (see the module docstring for what a spec can be).
+
+    ``store_size`` resizes stored images to ``store_size²`` (default: keep a common native
+    size, else 256); ``cache_dir`` (default :func:`default_cache_dir`) holds decoded packed
+    JPEGs and downloaded CIFAR-10; ``download`` lets a missing CIFAR-10 be fetched through
+    torchvision; ``workers`` bounds decoding parallelism (default: all cores); ``lazy`` forces
+    (True) or forbids (False) a decode-on-access store for folder and list sources;
+    ``class_names`` (a list, or a file with one name per line) names list-file columns.
+
+    >>> ds = load_source("digits")
+    >>> len(ds), ds.images.image_size, ds.class_names[:3]
+    (1797, (8, 8), ['0', '1', '2'])
+    """
+    if store_size is not None and int(store_size) <= 0:
+        raise DataError(f"store_size must be a positive number of pixels, got {store_size}")
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    text = os.fspath(spec)
+    if text == "digits":
+        return load_digits(store_size=store_size)
+    path = Path(text).expanduser()
+    if text == "cifar10" and not path.exists():
+        return load_cifar_pickles(cache, download=download, store_size=store_size)
+    if not path.exists():
+        if path.name == CIFAR_DIR:
+            return load_cifar_pickles(path, download=download, store_size=store_size)
+        raise DataError(
+            f"data source '{text}' does not exist (expected 'digits', 'cifar10', a packed-JPEG "
+            ".npz, a .txt list file, a cifar-10-batches-py folder or an image folder)"
+        )
+    if path.is_file():
+        suffix = path.suffix.lower()
+        if suffix == ".npz":
+            return load_packed_npz(path, cache_dir=cache, workers=workers, store_size=store_size)
+        if suffix in LIST_SUFFIXES:
+            return load_list_file(
+                path,
+                image_root=image_root,
+                class_names=class_names,
+                store_size=store_size,
+                workers=workers,
+                lazy=lazy,
+            )
+        raise DataError(
+            f"{path}: unsupported file type '{suffix}' (a source file is a packed-JPEG .npz "
+            "or a .txt list file)"
+        )
+    if _cifar_dir(path) is not None:
+        return load_cifar_pickles(path, download=download, store_size=store_size)
+    return load_image_folder(path, store_size=store_size, workers=workers, lazy=lazy)
+
+
+# --- digits ---------------------------------------------------------------------------------
+
+
+def load_digits(store_size: int | None = None) -> ImageDataset:
+    """scikit-learn's 1,797 handwritten digits: 8×8 gray 0..16 → RGB uint8 0..255."""
+    from sklearn.datasets import load_digits as sk_digits
+
+    bunch = sk_digits()
+    gray = np.rint(bunch.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
+    images = np.repeat(gray[..., None], 3, axis=3)
+    labels = one_hot(bunch.target, 10)
+    fp = _hash_parts("digits", images.tobytes(), labels.tobytes(), store_size)
+    return ImageDataset(
+        images=_tensor_store(torch.from_numpy(np.ascontiguousarray(images)), store_size),
+        labels=labels,
+        class_names=[str(i) for i in range(10)],
+        name="digits",
+        fingerprint=fp,
+    )
+
+
+# --- packed JPEG npz ------------------------------------------------------------------------
+
+
+def load_packed_npz(
+    path: str | os.PathLike,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    workers: int | None = None,
+    store_size: int | None = None,
+    use_cache: bool = True,
+) -> ImageDataset:
+    """CIFAR-10 packed as JPEGs in one .npz (see :mod:`contrahash.data.packed`).
+
+    ``groups`` holds the official ``train``/``test`` membership (from ``is_test``).
+    """
+    from contrahash.data.packed import load_decoded, read_packed
+
+    packed = read_packed(path)
+    cache = (
+        (Path(cache_dir) if cache_dir is not None else default_cache_dir()) if use_cache else None
+    )
+    images, kept, failures, _ = load_decoded(packed, cache, workers)
+    paths_all = packed.relative_paths()
+    skipped = [
+        (paths_all[i] if paths_all else f"{packed.path}#{i}", reason)
+        for i, reason in sorted(failures.items())
+    ]
+    _warn_skipped(skipped, len(packed), str(packed.path))
+    if len(kept) == 0:
+        raise DataError(f"{packed.path}: none of the {len(packed)} files decodes; empty dataset")
+    labels = one_hot(packed.labels[kept], len(packed.class_names))
+    groups = None
+    if packed.is_test is not None:
+        is_test = packed.is_test[kept]
+        groups = {"train": ~is_test, "test": is_test}
+    fp = _hash_parts(
+        "packed-jpeg", packed.cache_key(), kept.tobytes(), labels.tobytes(), store_size
+    )
+    return ImageDataset(
+        images=_tensor_store(torch.from_numpy(images), store_size),
+        labels=labels,
+        class_names=list(packed.class_names),
+        name=packed.path.stem,
+        fingerprint=fp,
+        skipped=skipped,
+        groups=groups,
+        paths=[paths_all[i] for i in kept] if paths_all else None,
+    )
+
+
+# --- CIFAR-10 python pickles ----------------------------------------------------------------
+
+
+def _cifar_dir(path: Path) -> Path | None:
+    """The ``cifar-10-batches-py`` folder at or directly under ``path``, if there is one."""
+    for cand in (path, path / CIFAR_DIR):
+        if cand.is_dir() and (
+            cand.name == CIFAR_DIR
+            or (cand / "data_batch_1").is_file()
+            or (cand / _CIFAR_TEST).is_file()
+        ):
+            return cand
+    return None
+
+
+def load_cifar_pickles(
+    path: str | os.PathLike, *, download: bool = False, store_size: int | None = None
+) -> ImageDataset:
+    """CIFAR-10 in torchvision's python format, read from the pickles directly.
+
+    ``path`` is the ``cifar-10-batches-py`` folder or its parent. When it is missing,
+    ``download=True`` fetches it through ``torchvision.datasets.CIFAR10`` (into the parent);
+    otherwise a :class:`DataError` says so. ``groups`` = official ``train`` (50,000) and
+    ``test`` (10,000). The pickles are trusted input, as in torchvision.
+    """
+    path = Path(path)
+    folder = _cifar_dir(path) if path.exists() else None
+    if folder is None:
+        parent = path.parent if path.name == CIFAR_DIR else path
+        if not download:
+            raise DataError(
+                f"CIFAR-10 not found: no {CIFAR_DIR} folder at {parent}. Pass download=True "
+                "(CLI: --download) to fetch it with torchvision, or give the folder's path"
+            )
+        from torchvision.datasets import CIFAR10
+
+        parent.mkdir(parents=True, exist_ok=True)
+        try:
+            CIFAR10(root=str(parent), train=True, download=True)
+        except Exception as exc:  # noqa: BLE001 - offline machines fail in many ways
+            raise DataError(f"could not download CIFAR-10 into {parent}: {exc}") from exc
+        folder = parent / CIFAR_DIR
+    missing = [n for n in (*_CIFAR_TRAIN, _CIFAR_TEST) if not (folder / n).is_file()]
+    if missing:
+        raise DataError(f"{folder}: missing CIFAR-10 batch file(s) {', '.join(missing)}")
+    parts, ids, is_test = [], [], []
+    digest = hashlib.sha256(b"cifar10-pickle")
+    for name in (*_CIFAR_TRAIN, _CIFAR_TEST):
+        data, labels = _read_cifar_batch(folder / name)
+        parts.append(data)
+        ids.append(labels)
+        is_test.append(np.full(len(labels), name == _CIFAR_TEST))
+        digest.update(data.tobytes())
+        digest.update(labels.astype(np.int64).tobytes())
+    names = _cifar_names(folder)
+    class_ids = np.concatenate(ids)
+    if class_ids.max() >= len(names):
+        raise DataError(f"{folder}: label {class_ids.max()} but only {len(names)} class names")
+    images = np.ascontiguousarray(
+        np.concatenate(parts).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    )
+    test_mask = np.concatenate(is_test)
+    digest.update(str(store_size).encode())
+    return ImageDataset(
+        images=_tensor_store(torch.from_numpy(images), store_size),
+        labels=one_hot(class_ids, len(names)),
+        class_names=names,
+        name="cifar10",
+        fingerprint=digest.hexdigest(),
+        groups={"train": ~test_mask, "test": test_mask},
+    )
+
+
+def _read_cifar_batch(file: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with open(file, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+        data = np.asarray(batch[b"data"], dtype=np.uint8)
+        labels = np.asarray(batch.get(b"labels", batch.get(b"fine_labels")), dtype=np.int64)
+    except (
+        OSError,
+        pickle.UnpicklingError,
+        EOFError,
+        KeyError,
+        TypeError,
+        ValueError,
+        AttributeError,
+    ) as exc:
+        raise DataError(f"{file}: not a readable CIFAR-10 batch ({describe_error(exc)})") from exc
+    if data.ndim != 2 or data.shape[1] != 3072 or data.shape[0] != labels.shape[0]:
+        raise DataError(
+            f"{file}: expected 'data' [n, 3072] and n labels, got {data.shape} and {labels.shape}"
+        )
+    return data, labels
+
+
+def _cifar_names(folder: Path) -> list[str]:
+    meta = folder / "batches.meta"
+    if meta.is_file():
+        try:
+            with open(meta, "rb") as f:
+                names = pickle.load(f, encoding="bytes")[b"label_names"]
+            return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+        except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError) as exc:
+            raise DataError(f"{meta}: not a readable CIFAR-10 meta file ({exc})") from exc
+    return "airplane automobile bird cat deer dog frog horse ship truck".split()
+
+
+# --- image folders --------------------------------------------------------------------------
+
+
+@dataclass
+class _Entry:
+    path: str  # as opened
+    rel: str  # relative to the root (fingerprint, messages)
+
+
+def _walk_files(folder: Path) -> list[Path]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        out.extend(Path(dirpath) / f for f in sorted(filenames) if not f.startswith("."))
+    return out
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    return sorted(
+        (p for p in folder.iterdir() if p.is_dir() and not is_hidden(p)), key=lambda p: p.name
+    )
+
+
+def _is_split_layout(top: list[Path]) -> bool:
+    if not all(d.name.lower() in SPLIT_NAMES for d in top):
+        return False
+    return all(p.is_dir() for d in top for p in d.iterdir() if not is_hidden(p))
+
+
+def load_image_folder(
+    root: str | os.PathLike,
+    *,
+    store_size: int | None = None,
+    workers: int | None = None,
+    lazy: bool | None = None,
+) -> ImageDataset:
+    """``ROOT/<class>/<file>`` (files may sit deeper) or ``ROOT/<split>/<class>/<file>``.
+
+    The split layout is recognised when every top-level folder has a split-like name
+    (:data:`SPLIT_NAMES`) and holds only folders; ``groups`` then maps each split folder's name
+    to its members. Class names are the (union of) class folder names, sorted. Files directly in
+    ``ROOT`` are ignored; dot-files are ignored; every other file is tried as an image.
+    """
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise DataError(f"image folder {root} does not exist")
+    if not root.is_dir():
+        raise DataError(f"{root} is not a folder")
+    top = _subdirs(root)
+    if not top:
+        raise DataError(
+            f"{root}: no class folders found (expected ROOT/<class>/<image> or "
+            "ROOT/<split>/<class>/<image>)"
+        )
+    split_layout = _is_split_layout(top)
+    layout: list[tuple[str | None, str, Path]] = []  # (split, class, folder)
+    if split_layout:
+        for split_dir in top:
+            layout.extend((split_dir.name, c.name, c) for c in _subdirs(split_dir))
+    else:
+        layout.extend((None, c.name, c) for c in top)
+    class_names = sorted({c for _, c, _ in layout})
+    if not class_names:
+        raise DataError(f"{root}: the split folders hold no class folders")
+    index = {c: i for i, c in enumerate(class_names)}
+    entries: list[_Entry] = []
+    class_ids: list[int] = []
+    splits: list[str] = []
+    for split, cls, folder in layout:
+        for f in _walk_files(folder):
+            entries.append(_Entry(str(f), f.relative_to(root).as_posix()))
+            class_ids.append(index[cls])
+            splits.append(split or "")
+    if not entries:
+        raise DataError(f"{root}: no files under the class folders; empty dataset")
+    labels = one_hot(np.asarray(class_ids, dtype=np.int64), len(class_names))
+    groups = None
+    if split_layout:
+        split_arr = np.asarray(splits)
+        groups = {s.name: split_arr == s.name for s in top}
+    return _load_files(
+        root.name or str(root),
+        "folder",
+        str(root),
+        entries,
+        labels,
+        class_names,
+        groups,
+        store_size=store_size,
+        workers=workers,
+        lazy=lazy,
+    )
+
+
+# --- list files -----------------------------------------------------------------------------
+
+
+def load_list_file(
+    list_path: str | os.PathLike,
+    *,
+    image_root: str | os.PathLike | None = None,
+    class_names: Sequence[str] | str | os.PathLike | None = None,
+    store_size: int | None = None,
+    workers: int | None = None,
+    lazy: bool | None = None,
+) -> ImageDataset:
+    """A list file: ``relative/path.jpg l1 l2 … lC`` per line, 0/1 multi-hot labels.
+
+    This is the NUS-WIDE / MS-COCO / MIRFlickr format. Paths are relative to ``image_root``
+    (default: the list file's folder) and may not contain spaces; blank lines and lines
+    starting with ``#`` are ignored. ``C`` comes from the first entry. Class names come from
+    ``class_names`` (a list or a file), else from a side file ``<stem>_classes.txt``,
+    ``<stem>.classes.txt``, ``classes.txt`` or ``class_names.txt`` next to the list (one name
+    per line), else ``c0 … c{C-1}``. A listed file that is missing or unreadable is skipped.
+    """
+    list_path = Path(list_path).expanduser()
+    if not list_path.is_file():
+        raise DataError(f"list file {list_path} does not exist")
+    root = Path(image_root).expanduser() if image_root is not None else list_path.parent
+    if not root.is_dir():
+        raise DataError(f"image root {root} (for {list_path}) does not exist")
+    rels, labels = parse_list_file(list_path)
+    names = _list_class_names(list_path, class_names, labels.shape[1])
+    entries = [_Entry(str(root / r), r) for r in rels]
+    return _load_files(
+        list_path.stem,
+        "list",
+        str(root),
+        entries,
+        labels,
+        names,
+        None,
+        store_size=store_size,
+        workers=workers,
+        lazy=lazy,
+    )
+
+
+def parse_list_file(list_path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
+    """Read ``path l1 … lC`` lines → (paths, ``uint8 [N, C]``); DataError names file:line."""
+    list_path = Path(list_path)
+    rels: list[str] = []
+    rows: list[str] = []
+    n_labels = None
+    first_line = 0
+    try:
+        lines = list_path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{list_path}: cannot read the list file ({exc})") from exc
+    for lineno, raw in enumerate(lines, start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        tokens = line.split()
+        if n_labels is None:
+            n_labels, first_line = len(tokens) - 1, lineno
+            if n_labels < 1:
+                raise DataError(
+                    f"{list_path}:{lineno}: expected 'relative/path.jpg l1 … lC' "
+                    f"(0/1 labels after the path), found no labels: {line[:80]!r}"
+                )
+        if len(tokens) - 1 != n_labels:
+            raise DataError(
+                f"{list_path}:{lineno}: wrong number of labels: found {len(tokens) - 1}, "
+                f"expected {n_labels} (as on line {first_line}); paths may not contain spaces"
+            )
+        flags = "".join(tokens[1:])
+        if len(flags) != n_labels or flags.strip("01"):
+            bad = next(t for t in tokens[1:] if t not in ("0", "1"))
+            col = tokens[1:].index(bad) + 1
+            raise DataError(f"{list_path}:{lineno}: label {col} is {bad!r}; labels must be 0 or 1")
+        rels.append(tokens[0])
+        rows.append(flags)
+    if not rels:
+        raise DataError(f"{list_path}: no entries; empty dataset")
+    labels = np.frombuffer("".join(rows).encode("ascii"), dtype=np.uint8).reshape(
+        len(rows), n_labels
+    ) - ord("0")
+    return rels, labels.astype(np.uint8)
+
+
+def _list_class_names(
+    list_path: Path, class_names: Sequence[str] | str | os.PathLike | None, c: int
+) -> list[str]:
+    source: Path | None = None
+    if class_names is None:
+        stem, folder = list_path.stem, list_path.parent
+        for cand in (
+            f"{stem}_classes.txt",
+            f"{stem}.classes.txt",
+            "classes.txt",
+            "class_names.txt",
+        ):
+            if (folder / cand).is_file() and folder / cand != list_path:
+                source = folder / cand
+                break
+        if source is None:
+            return [f"c{i}" for i in range(c)]
+    elif isinstance(class_names, str | os.PathLike):
+        source = Path(class_names)
+        if not source.is_file():
+            raise DataError(f"class-names file {source} does not exist")
+    if source is not None:
+        names = [s.strip() for s in source.read_text(encoding="utf-8").splitlines() if s.strip()]
+        where = str(source)
+    else:
+        names = [str(s) for s in class_names]
+        where = "class_names"
+    if len(names) != c:
+        raise DataError(f"{where}: {len(names)} class names, but {list_path} has {c} label columns")
+    if len(set(names)) != len(names):
+        raise DataError(f"{where}: class names repeat")
+    return names
+
+
+# --- shared: check, decode, store -----------------------------------------------------------
+
+
+def _probe(entry: _Entry, verify: bool):
+    try:
+        st = os.stat(entry.path)
+        hw = probe_image(entry.path, verify=verify)
+        return hw, st.st_size, st.st_mtime_ns
+    except FileNotFoundError:
+        return "file not found"
+    except DECODE_ERRORS as exc:
+        return describe_error(exc)
+
+
+def _load_files(
+    name: str,
+    kind: str,
+    root: str,
+    entries: list[_Entry],
+    labels: np.ndarray,
+    class_names: list[str],
+    groups: dict[str, np.ndarray] | None,
+    *,
+    store_size: int | None,
+    workers: int | None,
+    lazy: bool | None,
+) -> ImageDataset:
+    workers = default_workers() if workers is None else max(1, int(workers))
+    n_files = len(entries)
+    verify = lazy is True or (lazy is None and n_files > LAZY_THRESHOLD)
+    with ThreadPoolExecutor(max(2, 2 * workers)) as pool:
+        probes = list(pool.map(lambda e: _probe(e, verify), entries, chunksize=64))
+    skipped = [(e.path, p) for e, p in zip(entries, probes, strict=True) if isinstance(p, str)]
+    ok = np.array([not isinstance(p, str) for p in probes], dtype=bool)
+    if not ok.any():
+        _warn_skipped(skipped, n_files, root)
+        raise DataError(
+            f"{root}: none of the {n_files} files is a readable image; empty dataset"
+            + (" (check image_root)" if kind == "list" else "")
+        )
+    sizes = {probes[i][0] for i in np.flatnonzero(ok)}
+    n_ok = int(ok.sum())
+    if len(sizes) == 1 and (store_size is None or sizes == {(store_size, store_size)}):
+        target = None
+        h, w = next(iter(sizes))
+    else:
+        target = store_size or DEFAULT_STORE_SIZE
+        h = w = target
+    if lazy is None:
+        lazy = n_ok > LAZY_THRESHOLD or n_ok * h * w * 3 > MEMORY_BUDGET
+    keep = np.flatnonzero(ok)
+    if lazy:
+        store = LazyImages(
+            [entries[i].path for i in keep], size=store_size or DEFAULT_STORE_SIZE, workers=workers
+        )
+        geometry = f"lazy{store.size}"
+    else:
+        images, failed = _decode_all([entries[i].path for i in keep], (h, w), target, workers)
+        for j in sorted(failed):
+            skipped.append((entries[keep[j]].path, failed[j]))
+        if failed:
+            good = np.array([j not in failed for j in range(len(keep))], dtype=bool)
+            keep, images = keep[good], images[good]
+        store = TensorImages(torch.from_numpy(images))
+        geometry = f"mem{h}x{w}"
+    _warn_skipped(skipped, n_files, root)
+    if len(keep) == 0:
+        raise DataError(f"{root}: none of the {n_files} files decodes; empty dataset")
+    labels = labels[keep]
+    if groups is not None:
+        groups = {k: v[keep] for k, v in groups.items()}
+    digest = hashlib.sha256(f"{kind}\0{geometry}\0{chr(31).join(class_names)}\0".encode())
+    for i in keep:
+        _, size, mtime = probes[i]
+        digest.update(f"{entries[i].rel}\0{size}\0{mtime}\n".encode())
+    digest.update(labels.tobytes())
+    for k in sorted(groups or {}):
+        digest.update(k.encode() + groups[k].tobytes())
+    return ImageDataset(
+        images=store,
+        labels=labels,
+        class_names=class_names,
+        name=name,
+        fingerprint=digest.hexdigest(),
+        skipped=skipped,
+        groups=groups,
+        paths=[entries[i].path for i in keep],
+    )
+
+
+def _decode_all(
+    paths: list[str], hw: tuple[int, int], target: int | None, workers: int
+) -> tuple[np.ndarray, dict[int, str]]:
+    """Decode into one ``[n, h, w, 3]`` array with a thread pool; ``{row: reason}`` failures."""
+    out = np.zeros((len(paths), *hw, 3), dtype=np.uint8)
+    failed: dict[int, str] = {}
+
+    def work(lo_hi):
+        lo, hi = lo_hi
+        for j in range(lo, hi):
+            try:
+                img = decode_image(paths[j], target)
+            except DECODE_ERRORS as exc:
+                failed[j] = describe_error(exc)
+                continue
+            if img.shape[:2] != hw:  # header and pixels disagree
+                failed[j] = f"decoded size {img.shape[0]}x{img.shape[1]} != header size {hw}"
+                continue
+            out[j] = img
+
+    step = max(1, -(-len(paths) // (workers * 8)))
+    ranges = [(lo, min(len(paths), lo + step)) for lo in range(0, len(paths), step)]
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(work, ranges))
+    return out, failed
+
+
+def _warn_skipped(skipped: list[tuple[str, str]], total: int, where: str) -> None:
+    if not skipped:
+        return
+    for path, reason in skipped:
+        log.debug("skipped %s: %s", path, reason)
+    shown = "; ".join(f"{Path(p).name} ({r})" for p, r in skipped[:5])
+    more = f"; … {len(skipped) - 5} more" if len(skipped) > 5 else ""
+    warnings.warn(
+        f"{where}: skipped {len(skipped)} of {total} files that are not readable images: "
+        f"{shown}{more}",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
+def _tensor_store(images: torch.Tensor, store_size: int | None) -> TensorImages:
+    if store_size is not None and tuple(images.shape[1:3]) != (store_size, store_size):
+        images = resize_tensor_images(images, int(store_size))
+    return TensorImages(images)
+
+
+def _hash_parts(*parts) -> str:
+    digest = hashlib.sha256()
+    for p in parts:
+        digest.update(p if isinstance(p, bytes) else repr(p).encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
