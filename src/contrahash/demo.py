@@ -27,7 +27,7 @@ DEMO_BASE: dict[str, Any] = {
     "backbone": {"name": "pixels", "image_size": 16},
     "cache": {"mode": "on", "views": 8},
     # digits are not mirror-symmetric and are tiny: gentle crops, no flips, no colour
-    "augment": {"scale": [0.7, 1.0], "flip_p": 0.0, "jitter_p": 0.0, "gray_p": 0.0},
+    "augment": {"scale": [0.7, 1.0], "flip_p": 0.0, "jitter_p": 0.0, "grayscale_p": 0.0},
     "optim": {"epochs": 40, "batch_size": 64},
     "eval_batch_size": 512,
 }
