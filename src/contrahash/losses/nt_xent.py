@@ -23,7 +23,7 @@ def nt_xent(
 
     >>> z = torch.eye(4)
     >>> round(float(nt_xent(z, z, temperature=1.0)), 4)  # log(e + 6) - 1 for orthogonal codes
-    1.1653
+    1.1654
     """
     if z1.shape != z2.shape or z1.ndim != 2:
         raise ValueError(f"nt_xent: views must both be [N, d], got {tuple(z1.shape)} and {tuple(z2.shape)}")

@@ -1,0 +1,68 @@
+"""Bi-half: Li, van Gemert, "Deep Unsupervised Image Hashing by Maximizing Bit Entropy",
+AAAI Conference on Artificial Intelligence (AAAI) 2021.
+
+Official-code behaviour (docs/methods.md, "Bi-half"):
+
+* Head per code length: Linear(d, k) on frozen features = u.
+* Training codes: the bi-half layer :func:`contrahash.codes.bihalf_sign` on the batch (per bit,
+  the larger half of the batch → +1; backward adds γ(u − b)/(N·k), γ = 6). Test code: sign(u).
+* Loss (:func:`~contrahash.losses.half_batch_similarity_mse`): MSE between cos(b_a, b_b) and
+  cos(f_a, f_b) where, as in the official code, row i of the first half of the batch is paired
+  with row i of the second half (``F.cosine_similarity(x[:N//2], x[N//2:])`` — N/2 elementwise
+  pairs, not the full cross matrix). The feature side is a stop-gradient target.
+* One view per image (``n_views = 1``; the "resize" recipe: no augmentation beyond resize).
+* SGD lr 1e-4, momentum 0.9, weight decay 5e-4, batch 32, 300 epochs as the official CIFAR
+  script; the official lr also drops ×0.1 at epoch 120, which a constant schedule does not do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from contrahash.codes import bihalf_sign
+from contrahash.losses import half_batch_similarity_mse
+from contrahash.methods.base import HashMethod, LossOutput, OptimSpec, StepInfo
+
+
+class BiHalf(HashMethod):
+    """Bi-half layer hashing with a cosine-similarity-preserving loss."""
+
+    name = "bihalf"
+    n_views = 1
+    augmentation = "resize"
+    default_optim = OptimSpec(
+        name="sgd", lr=1e-4, momentum=0.9, weight_decay=5e-4, batch_size=32, epochs=300
+    )
+
+    @dataclass
+    class Config:
+        gamma: float = 6.0
+
+        def validate(self) -> None:
+            if self.gamma < 0:
+                raise ValueError(f"bihalf: gamma must be >= 0, got {self.gamma}")
+
+    def __init__(self, feature_dim: int, bits: Sequence[int], config: Config | None = None):
+        super().__init__(feature_dim, bits, config)
+        self.heads = nn.ModuleDict({str(k): nn.Linear(feature_dim, k) for k in self.bits})
+
+    def training_loss(self, views: Sequence[torch.Tensor], info: StepInfo) -> LossOutput:
+        features = views[0].float()
+        total = features.new_zeros(())
+        parts: dict[str, float] = {}
+        for k in self.bits:
+            b = bihalf_sign(self.heads[str(k)](features), self.config.gamma)
+            loss = half_batch_similarity_mse(b, features)
+            total = total + loss
+            parts[f"similarity_{k}"] = float(loss.detach())
+        return LossOutput(total, parts)
+
+    @torch.no_grad()
+    def encode(self, features: torch.Tensor) -> dict[int, torch.Tensor]:
+        return {
+            k: torch.where(self.heads[str(k)](features.float()) >= 0, 1.0, -1.0) for k in self.bits
+        }
