@@ -191,20 +191,31 @@ class RunContext:
         size = self.image_size
         return lambda x: test_transform(x, size)
 
-    def clean_features(self, indices: np.ndarray | None = None) -> np.ndarray:
-        """Un-augmented backbone features of all images (cached when the backbone is frozen)."""
-        n = len(self.dataset.images)
+    def clean_features(self, indices: np.ndarray) -> np.ndarray:
+        """Un-augmented backbone features of the split's images (cached when frozen).
+
+        Computed once for every image the split uses (query ∪ database ∪ train), in dataset
+        order; ``indices`` are dataset indices.
+        """
         if self._clean is None:
+            used = np.unique(np.concatenate([self.split.query, self.split.database,
+                                             self.split.train]))
+            self._clean_row = np.full(len(self.dataset.images), -1, dtype=np.int64)
+            self._clean_row[used] = np.arange(len(used))
+
             def compute(out: np.ndarray, start: int) -> np.ndarray:
-                return self._extract(np.arange(n), self._test_transform(), out, start)
+                return self._extract(used, self._test_transform(), out, start)
 
             if self.frozen:
-                probe = self._extract(np.arange(1), self._test_transform())
-                self._clean = self.cache.get_or_compute(self._feature_key("clean"),
-                                                        (n, *probe.shape[1:]), compute)
+                probe = self._extract(used[:1], self._test_transform())
+                key = self._feature_key("clean", images=_hash_indices(used))
+                self._clean = self.cache.get_or_compute(key, (len(used), *probe.shape[1:]), compute)
             else:
-                self._clean = self._extract(np.arange(n), self._test_transform())
-        return self._clean if indices is None else np.asarray(self._clean[indices])
+                self._clean = self._extract(used, self._test_transform())
+        rows = self._clean_row[np.asarray(indices)]
+        if (rows < 0).any():
+            raise IndexError("clean_features: index outside the split's images")
+        return np.asarray(self._clean[rows])
 
     def train_clean_features(self) -> np.ndarray:
         return self.clean_features(self.split.train)
@@ -506,11 +517,12 @@ def encode_run(run_dir: str | os.PathLike, data: str | None = None, image_root: 
 
     ctx = RunContext.open(run_dir, device=device)
     if data is not None:
-        ctx.dataset = load_source(data, image_root=image_root)
-        ctx._clean = None
-        ctx.frozen = False  # another dataset: never reuse the run's feature cache
+        ctx.dataset = load_source(expand_source(data), image_root=image_root)
+    from contrahash.train import encode_features
+
     indices = np.arange(len(ctx.dataset.images))
-    return ctx.encode(indices), ctx.dataset
+    features = ctx._extract(indices, ctx._test_transform())  # fresh: any images, any split
+    return encode_features(ctx.method, features, device=ctx.device), ctx.dataset
 
 
 def _with_overrides(augmenter: Any, overrides: dict[str, Any]) -> Any:

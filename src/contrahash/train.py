@@ -385,7 +385,7 @@ class _Trainer:
         start_epoch = ctx.load_checkpoint(optimizer)
         use_cache = ctx.use_cache
         if use_cache:
-            views = torch.as_tensor(np.asarray(ctx.cached_views()))
+            views = torch.from_numpy(np.array(ctx.cached_views()))  # in RAM: sampled every step
             nb, nb_feats = ctx.neighbours_for_cache()
         else:
             nb = ctx.neighbours_for_images()
