@@ -464,6 +464,40 @@ def _tiny_cnn_builder(
     return backbone
 
 
+# ----------------------------------------------------------------------------- raw pixels
+
+
+class PixelsBackbone(Backbone):
+    """No learned weights: the grey-level image at ``input_size``, flattened (``S*S`` features).
+
+    The honest floor for small grey images such as the embedded digits (``contrahash demo``):
+    every method then hashes the same raw pixel vectors. Tokens are the image rows.
+    """
+
+    def __init__(self, spec: BackboneSpec, input_size: int) -> None:
+        super().__init__(spec, input_size)
+        self.feature_dim = input_size * input_size
+        self.token_dim = input_size
+
+    def _grey(self, x: Tensor) -> Tensor:
+        return x.float().mean(dim=1)  # [B, S, S]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._grey(x).flatten(1)
+
+    def forward_tokens(self, x: Tensor) -> Tensor:
+        return self._grey(x)
+
+    def _build_blocks(self) -> list[nn.Module]:
+        return []
+
+
+def _pixels_builder(spec: BackboneSpec, weights: Path | None, random_init: bool, size: int) -> Backbone:
+    if weights is not None:
+        raise ValueError("backbone 'pixels' has no weights to load")
+    return PixelsBackbone(spec, size)
+
+
 # ----------------------------------------------------------------------------- loading
 
 
@@ -585,6 +619,16 @@ BACKBONES: dict[str, BackboneSpec] = {
             token_dim=768,
             builder=_torchvision_builder("vit_b_16", ViTB16Backbone, ("heads.",)),
             hub_files=("vit_b_16-c867db91.pth",),
+        ),
+        _spec(
+            name="pixels",
+            feature_dim=16 * 16,
+            input_size=16,
+            mean=(0.5, 0.5, 0.5),
+            std=(0.5, 0.5, 0.5),
+            supports_tokens=True,
+            token_dim=16,
+            builder=_pixels_builder,
         ),
         _spec(
             name="tiny_cnn",

@@ -150,7 +150,7 @@ def run_epoch(
         loss = out.loss
         if not torch.isfinite(loss):
             raise TrainingError(
-                f"non-finite loss ({float(loss)}) at epoch {info.epoch + 1}, step {step + 1}; "
+                f"non-finite loss ({float(loss.detach())}) at epoch {info.epoch + 1}, step {step + 1}; "
                 "try a lower optim.lr. The last good checkpoint is kept."
             )
         optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,35 @@
+"""contrahash train / encode / evaluate through the CLI."""
+
+from __future__ import annotations
+
+import numpy as np
+from typer.testing import CliRunner
+
+from contrahash.cli import app
+
+runner = CliRunner()
+BASE = ["method=itq", "data.source=digits", "backbone.name=pixels", "backbone.image_size=8",
+        "bits=[8,16]", "data.protocol_options={query: 0.1, train: 200}"]
+
+
+def test_train_encode_evaluate(tmp_path):
+    res = runner.invoke(app, ["train", *BASE, f"out_dir={tmp_path}", "name=r",
+                              f"cache.dir={tmp_path / 'c'}"])
+    assert res.exit_code == 0, res.output
+    assert "mAP" in res.output
+    out = tmp_path / "codes.npy"
+    res = runner.invoke(app, ["encode", str(tmp_path / "r"), "--out", str(out), "--bits", "8"])
+    assert res.exit_code == 0, res.output
+    codes = np.load(out)
+    assert codes.shape == (1797, 8)
+    res = runner.invoke(app, ["evaluate", str(tmp_path / "r"), "--json"])
+    assert res.exit_code == 0, res.output
+
+
+def test_bad_key_and_bad_resume_are_clean_errors(tmp_path):
+    res = runner.invoke(app, ["train", "methd=fdbh"])
+    assert res.exit_code == 2 and "unknown config key" in res.output
+    res = runner.invoke(app, ["train", "--resume", str(tmp_path)])
+    assert res.exit_code == 2 and "not a run directory" in res.output
+    res = runner.invoke(app, ["train", *BASE, "data.source=/nonexistent/x.npz", f"out_dir={tmp_path}"])
+    assert res.exit_code == 2 and "/nonexistent/x.npz" in res.output

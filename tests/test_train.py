@@ -1,0 +1,143 @@
+"""The training engine end to end on tiny data: run directory, resume, errors, encode/evaluate."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from contrahash.config import resolve_config
+from contrahash.features import FeatureCache
+from contrahash.methods import OptimSpec, build_method
+from contrahash.runs import RunContext, encode_run, evaluate_run
+from contrahash.train import TrainingError, feature_view_batches, mine_neighbours, train_run
+
+DIGITS = [
+    "data.source=digits",
+    "data.protocol_options={query: 0.1, train: 300}",
+    "augment={flip_p: 0, jitter_p: 0, grayscale_p: 0}",
+    "backbone.name=pixels",
+    "backbone.image_size=8",
+    "bits=[8,16]",
+    "cache.views=3",
+    "deterministic=true",
+]
+
+
+def _cfg(tmp_path, *extra):
+    return resolve_config(None, [*DIGITS, f"cache.dir={tmp_path / 'cache'}",
+                                 f"out_dir={tmp_path}", *extra])
+
+
+def test_run_directory_is_complete(tmp_path):
+    cfg = _cfg(tmp_path, "method=fdbh", "method_config.neighbour_pool=train", "optim.epochs=2")
+    result = train_run(cfg, tmp_path / "run", progress=False, command="test")
+    run = result.run_dir
+    for name in ("config.yaml", "command.txt", "environment.json", "metrics.jsonl",
+                 "model.safetensors", "results.json", "split/split.json", "codes/8.npz",
+                 "neighbours.npz"):
+        assert (run / name).exists(), name
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and "loss" in json.loads(lines[0])
+    env = json.loads((run / "environment.json").read_text())
+    assert env["split_hashes"] and env["dataset"] and "torch" in env
+    assert set(result.results["bits"]) == {"8", "16"}
+    # evaluate from saved codes reproduces the run's numbers
+    again = evaluate_run(run)
+    assert again["16"]["map"] == pytest.approx(result.results["bits"]["16"]["map"])
+
+
+def test_existing_run_is_never_overwritten(tmp_path):
+    cfg = _cfg(tmp_path, "method=itq")
+    train_run(cfg, tmp_path / "run", progress=False)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train_run(cfg, tmp_path / "run", progress=False)
+
+
+def test_resume_gives_bit_identical_codes(tmp_path):
+    cfg = _cfg(tmp_path, "method=cibhash", "optim.epochs=3", "optim.batch_size=32")
+    full = train_run(cfg, tmp_path / "full", progress=False)
+    partial = train_run(cfg, tmp_path / "part", progress=False, stop_after_epoch=1)
+    assert not (partial.run_dir / "results.json").exists()
+    resumed = train_run(cfg, tmp_path / "part", resume=True, progress=False)
+    for k in ("8", "16"):
+        a = np.load(full.run_dir / "codes" / f"{k}.npz")
+        b = np.load(resumed.run_dir / "codes" / f"{k}.npz")
+        assert np.array_equal(a["query"], b["query"]) and np.array_equal(a["database"], b["database"])
+    assert len((resumed.run_dir / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_end_to_end_path_trains_and_fine_tunes(tmp_path):
+    cfg = _cfg(tmp_path, "method=cibhash", "optim.epochs=1", "backbone.name=tiny_cnn",
+               "backbone.random_init=true", "backbone.finetune_blocks=1", "backbone.image_size=16")
+    ctx_result = train_run(cfg, tmp_path / "e2e", progress=False)
+    assert ctx_result.images_per_second > 0
+    assert "backbone" in "".join(__import__("safetensors.torch").torch.load_file(
+        str(ctx_result.run_dir / "model.safetensors")).keys())
+    codes, dataset = encode_run(ctx_result.run_dir)
+    assert codes[16].shape == (len(dataset.images), 16)
+    assert set(np.unique(codes[16])) <= {-1, 1}
+
+
+def test_non_finite_loss_stops_with_message(tmp_path):
+    cfg = _cfg(tmp_path, "method=cibhash", "optim.epochs=2", "optim.lr=1e30")
+    with pytest.raises(TrainingError, match="non-finite loss"):
+        train_run(cfg, tmp_path / "nan", progress=False)
+
+
+def test_trained_fdbh_beats_untrained_head_on_digits(tmp_path):
+    cfg = _cfg(tmp_path, "method=fdbh", "optim.epochs=8", "method_config.neighbour_pool=train")
+    trained = train_run(cfg, tmp_path / "t", progress=False).results["bits"]["16"]["map"]
+    ctx = RunContext.open(tmp_path / "t")
+    ctx.method = build_method("fdbh", ctx.backbone.feature_dim, [8, 16]).to(ctx.device)
+    ctx.method.fdo["16"].track_running_stats = False  # untrained: batch statistics
+    untrained = ctx.evaluate()["bits"]["16"]["map"]
+    assert trained > untrained + 0.05
+
+
+def test_feature_view_batches_uses_neighbours():
+    views = torch.arange(10, dtype=torch.float32).view(10, 1, 1).repeat(1, 2, 1)
+    neighbours = np.full((10, 1), 9)
+    g = torch.Generator().manual_seed(0)
+    (batch, idx), = list(feature_view_batches(views, 10, 2, g, neighbours, 1.0))
+    assert torch.equal(batch[0].flatten(), idx.float())
+    assert (batch[1] == 9).all()
+    pool = torch.full((3, 1), -5.0)
+    (batch, _), = list(feature_view_batches(views, 10, 2, g, np.zeros((10, 1), int), 1.0, pool))
+    assert (batch[1] == -5).all()
+
+
+def test_mine_neighbours_excludes_self():
+    x = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
+    nb = mine_neighbours(x, x, 1, self_index=np.arange(3))
+    assert nb[:, 0].tolist() == [1, 0, 1]
+
+
+def test_feature_cache_resumes_partial(tmp_path):
+    cache = FeatureCache(tmp_path)
+    calls = []
+
+    def compute(out, start):
+        calls.append(start)
+        out[start:] = 1
+        return out
+
+    parts = {"k": 1}
+    partial = cache.path(parts).with_suffix(".partial.npy")
+    arr = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16, shape=(4, 2))
+    arr[:2] = 1
+    arr.flush()
+    cache.path(parts).with_suffix(".progress").write_text("2")
+    result = cache.get_or_compute(parts, (4, 2), compute)
+    assert calls == [2] and float(np.asarray(result).sum()) == 8.0
+    assert cache.get_or_compute(parts, (4, 2), compute) is not None and calls == [2]
+
+
+def test_train_on_features_rejects_tiny_sets():
+    from contrahash.train import train_on_features
+
+    with pytest.raises(ValueError, match="at least 2 images"):
+        train_on_features(build_method("cibhash", 4, [4]), torch.randn(1, 2, 4), epochs=1,
+                          optim=OptimSpec(batch_size=8))
