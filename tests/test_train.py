@@ -141,3 +141,25 @@ def test_train_on_features_rejects_tiny_sets():
     with pytest.raises(ValueError, match="at least 2 images"):
         train_on_features(build_method("cibhash", 4, [4]), torch.randn(1, 2, 4), epochs=1,
                           optim=OptimSpec(batch_size=8))
+
+
+def test_validation_evaluation_never_uses_queries(tmp_path):
+    cfg = _cfg(tmp_path, "method=itq", "evaluate_on=val",
+               "data.protocol_options={query: 0.1, train: 300, val_size: 100}")
+    run = train_run(cfg, tmp_path / "val", progress=False).run_dir
+    z = np.load(run / "codes" / "8.npz")
+    split_query = np.loadtxt(run / "split" / "query.txt", dtype=np.int64)
+    assert len(z["query_index"]) == 100
+    assert not np.intersect1d(z["query_index"], split_query).size
+    assert not np.intersect1d(z["query_index"], z["database_index"]).size
+    with pytest.raises(ValueError, match="val_size"):
+        train_run(_cfg(tmp_path, "method=itq", "evaluate_on=val"), tmp_path / "v2", progress=False)
+
+
+def test_cached_views_keep_their_recipe_roles():
+    # column j made with recipe j % 3: view p must always come from a column ≡ p (mod 3)
+    views = torch.arange(7, dtype=torch.float32).view(1, 7, 1).repeat(12, 1, 1)
+    g = torch.Generator().manual_seed(0)
+    for batch, _ in feature_view_batches(views, 4, 3, g, recipes=3):
+        for p in range(3):
+            assert ((batch[p].flatten().long() % 3) == p).all()

@@ -104,6 +104,10 @@ class TrainConfig:
     eval_batch_size: int = 512
     #: deterministic CPU kernels (for bit-identical resume checks); slower
     deterministic: bool = False
+    #: "query": the protocol's queries against its database (the published number);
+    #: "val": the validation split (data.protocol_options.val_size) against the rest of the
+    #: database — for tuning learning rates/epochs without ever looking at the queries
+    evaluate_on: str = "query"
     out_dir: str = "runs"
     name: str | None = None
 

@@ -77,6 +77,7 @@ class RunContext:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.shared_cache: FeatureCache | None = None
+        self.cache_recipes = 1
         self.completed_epochs = 0
         self._clean: np.ndarray | None = None
 
@@ -231,6 +232,7 @@ class RunContext:
         train = self.split.train
         augmenters = view_augmenters(self.method.augmentation, self.image_size, self.method.n_views)
         recipes = [a.recipe for a in augmenters]
+        self.cache_recipes = len(set(recipes))
         parts = self._feature_key("views", views=v, recipes=recipes, augment=self.cfg.augment,
                                   train=_hash_indices(train), view_seed=self.cfg.seed)
 
@@ -456,19 +458,33 @@ class RunContext:
         from contrahash.metrics import bit_statistics, retrieval_report
 
         split, labels = self.split, self.dataset.labels
-        q_codes, db_codes = self.encode(split.query), self.encode(split.database)
+        queries, database = self.evaluation_sets()
+        q_codes, db_codes = self.encode(queries), self.encode(database)
         out: dict[str, Any] = {"method": self.cfg.method, "protocol": split.protocol,
-                               "topk": split.topk, "bits": {}}
+                               "topk": split.topk, "evaluated_on": self.cfg.evaluate_on,
+                               "bits": {}}
         for k in self.method.bits:
             write_npz(self.run_dir / "codes" / f"{k}.npz", query=q_codes[k], database=db_codes[k],
-                      query_labels=labels[split.query], database_labels=labels[split.database],
-                      query_index=split.query, database_index=split.database)
-            report = retrieval_report(q_codes[k], db_codes[k], labels[split.query],
-                                      labels[split.database], topk=split.topk)
+                      query_labels=labels[queries], database_labels=labels[database],
+                      query_index=queries, database_index=database)
+            report = retrieval_report(q_codes[k], db_codes[k], labels[queries],
+                                      labels[database], topk=split.topk)
             stats = bit_statistics(db_codes[k])
             report["bit_balance"] = stats
             out["bits"][str(k)] = report
         return out
+
+    def evaluation_sets(self) -> tuple[np.ndarray, np.ndarray]:
+        """(queries, database) to evaluate on: the protocol's, or validation vs the rest."""
+        split = self.split
+        if self.cfg.evaluate_on == "query":
+            return split.query, split.database
+        if self.cfg.evaluate_on != "val":
+            raise ValueError(f"evaluate_on must be 'query' or 'val', got '{self.cfg.evaluate_on}'")
+        if split.val is None or len(split.val) == 0:
+            raise ValueError("evaluate_on=val needs a validation split: set "
+                             "data.protocol_options.val_size (e.g. 1000)")
+        return split.val, np.setdiff1d(split.database, split.val)
 
     def write_results(self, results: dict[str, Any]) -> None:
         write_json(self.run_dir / "results.json", results)

@@ -86,8 +86,13 @@ def feature_view_batches(
     neighbours: np.ndarray | None = None,
     neighbour_prob: float = 0.0,
     neighbour_features: torch.Tensor | None = None,
+    recipes: int = 1,
 ) -> Iterator[Batch]:
     """Batches of ``n_views`` distinct cached views per image (one epoch, shuffled, full batches).
+
+    With ``recipes`` > 1 the cache's column j was made with recipe ``j % recipes`` and view
+    position p of a batch only draws from columns of recipe ``p % recipes`` (HARR's strong /
+    RandAugment / weak views stay in their roles).
 
     ``views`` is [N, V, ...]. With ``neighbours`` ([N, k]) the last view is, with probability
     ``neighbour_prob``, taken from a random neighbour: a random cached view of it when
@@ -103,6 +108,8 @@ def feature_view_batches(
         picks = torch.argsort(torch.rand(batch_size, v, generator=generator), dim=1)[:, :n_views]
         if v == 1:
             picks = torch.zeros(batch_size, n_views, dtype=torch.long)
+        elif recipes > 1:
+            picks = _recipe_picks(batch_size, v, n_views, recipes, generator)
         rows = idx.unsqueeze(1).expand(-1, n_views).clone()
         pool_rows = None
         if neighbours is not None and neighbour_prob > 0:
@@ -120,6 +127,18 @@ def feature_view_batches(
             mask = use.view(-1, *([1] * (out[-1].ndim - 1)))
             out[-1] = torch.where(mask, neighbour_features[chosen].float(), out[-1])
         yield out, idx
+
+
+def _recipe_picks(batch: int, v: int, n_views: int, recipes: int,
+                  generator: torch.Generator) -> torch.Tensor:
+    """Per view position p, a random cache column among those made with recipe p % recipes."""
+    cols = []
+    for p in range(n_views):
+        slots = torch.arange(p % recipes, v, recipes)
+        if len(slots) == 0:
+            raise ValueError(f"feature cache holds {v} views; recipe {p % recipes} has none")
+        cols.append(slots[torch.randint(0, len(slots), (batch,), generator=generator)])
+    return torch.stack(cols, dim=1)
 
 
 def run_epoch(
@@ -401,7 +420,7 @@ class _Trainer:
             info = StepInfo(epoch=epoch, epochs=epochs, steps_per_epoch=steps)
             if use_cache:
                 batches = feature_view_batches(views, batch, method.n_views, generator, nb, prob,
-                                               nb_feats)
+                                               nb_feats, recipes=ctx.cache_recipes)
                 batches = ((list(v.to(ctx.device) for v in b), i) for b, i in batches)
                 forward, trainables = None, ()
             else:
