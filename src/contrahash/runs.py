@@ -78,6 +78,7 @@ class RunContext:
         self.run_dir = Path(run_dir)
         self.shared_cache: FeatureCache | None = None
         self.cache_recipes = 1
+        self.resumed = False
         self.completed_epochs = 0
         self._clean: np.ndarray | None = None
 
@@ -98,6 +99,7 @@ class RunContext:
             )
         run_dir.mkdir(parents=True, exist_ok=True)
         ctx = cls(cfg, run_dir)
+        ctx.resumed = resume
         if not resume:
             write_text(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
         write_text(run_dir / ("command.txt" if not resume else "command_resume.txt"),
@@ -114,15 +116,15 @@ class RunContext:
         if device is not None:
             cfg.device = device
         ctx = cls(cfg, run_dir)
-        ctx.setup()
+        ctx.setup(record_environment=False)  # a finished run's record stays as it was
         if not (run_dir / MODEL).is_file():
             raise FileNotFoundError(f"{run_dir / MODEL} is missing: the run did not finish")
         ctx._load_weights(run_dir / MODEL)
         return ctx
 
     # -- set-up ------------------------------------------------------------------------
-    def setup(self) -> None:
-        """Seeds, device, dataset, split, backbone and method."""
+    def setup(self, record_environment: bool = True) -> None:
+        """Seeds, device, dataset, split, backbone and method (and environment.json)."""
         from contrahash.backbones import build_backbone
         from contrahash.data import load_source
         from contrahash.methods import build_method
@@ -172,12 +174,15 @@ class RunContext:
         self.use_cache = cacheable and mode != "off"
         self.cache = self.shared_cache or FeatureCache(cfg.cache.dir)
         self._images_on_device: torch.Tensor | None = None
+        if not record_environment:
+            return
         env = environment_info(self.device)
         env.update(dataset=self.dataset.name, dataset_fingerprint=self.dataset.fingerprint,
                    images=len(self.dataset.images), skipped_files=self.dataset.n_skipped,
                    skipped_examples=[list(s) for s in self.dataset.skipped[:20]],
                    split_hashes=_split_hashes(self.run_dir / "split"))
-        write_json(self.run_dir / "environment.json", env)
+        # a resumed run keeps the original record and adds its own
+        write_json(self.run_dir / ("environment_resume.json" if self.resumed else "environment.json"), env)
 
     # -- features ----------------------------------------------------------------------
     def _feature_key(self, kind: str, **extra: Any) -> dict[str, Any]:
