@@ -57,7 +57,7 @@ def print_results(results: dict, title: str = "results") -> None:
     topk = results.get("topk")
     table = Table(title=title)
     table.add_column("bits", justify="right")
-    table.add_column(f"mAP@{topk if topk else 'K'}", justify="right")
+    table.add_column(f"mAP@{topk if topk else 'ALL'}", justify="right")
     table.add_column("P@1000", justify="right")
     table.add_column("P@r≤2", justify="right")
     for k, rep in bits.items():
