@@ -36,6 +36,11 @@ def sign_st(x: torch.Tensor) -> torch.Tensor:
     return _SignST.apply(x)
 
 
+def sign_pm1(x: torch.Tensor) -> torch.Tensor:
+    """Test-time binarisation: ±1 floats, 0 maps to +1 (no gradient needed)."""
+    return torch.where(x >= 0, 1.0, -1.0).to(x.device)
+
+
 def sign(x: torch.Tensor | np.ndarray) -> np.ndarray:
     """Deterministic ±1 int8 codes from real values (0 maps to +1), as a numpy array."""
     if isinstance(x, torch.Tensor):

@@ -23,20 +23,59 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from contrahash.codes import bihalf_sign
+from contrahash.codes import bihalf_sign, sign_pm1
 from contrahash.losses import half_batch_similarity_mse
 from contrahash.methods.base import HashMethod, LossOutput, OptimSpec, StepInfo
 
 
-class BiHalf(HashMethod):
-    """Bi-half layer hashing with a cosine-similarity-preserving loss."""
+class LinearSimilarityHash(HashMethod):
+    """Shared shape of Bi-half and GreedyHash: one Linear(d, k) head per code length on one
+    (resized, un-augmented) view, trained to preserve feature cosine similarities; test code
+    sign(h). Subclasses say how training codes are made and may add a term."""
 
-    name = "bihalf"
     n_views = 1
     augmentation = "resize"
     default_optim = OptimSpec(
         name="sgd", lr=1e-4, momentum=0.9, weight_decay=5e-4, batch_size=32, epochs=300
     )
+
+    def __init__(self, feature_dim: int, bits: Sequence[int], config=None):
+        super().__init__(feature_dim, bits, config)
+        self.heads = nn.ModuleDict({str(k): nn.Linear(feature_dim, k) for k in self.bits})
+
+    def training_codes(self, h: torch.Tensor) -> torch.Tensor:
+        """±1 training codes from the head output (with their surrogate gradient)."""
+        raise NotImplementedError
+
+    def extra_loss(self, h: torch.Tensor) -> tuple[str, torch.Tensor] | None:
+        """An optional named extra term on the head output (weight included)."""
+        return None
+
+    def training_loss(self, views: Sequence[torch.Tensor], info: StepInfo) -> LossOutput:
+        features = views[0].float()
+        total = features.new_zeros(())
+        parts: dict[str, float] = {}
+        for k in self.bits:
+            h = self.heads[str(k)](features)
+            similarity = half_batch_similarity_mse(self.training_codes(h), features)
+            total = total + similarity
+            parts[f"similarity_{k}"] = float(similarity.detach())
+            extra = self.extra_loss(h)
+            if extra is not None:
+                name, value = extra
+                total = total + value
+                parts[f"{name}_{k}"] = float(value.detach())
+        return LossOutput(total, parts)
+
+    @torch.no_grad()
+    def encode(self, features: torch.Tensor) -> dict[int, torch.Tensor]:
+        return {k: sign_pm1(self.heads[str(k)](features.float())) for k in self.bits}
+
+
+class BiHalf(LinearSimilarityHash):
+    """Bi-half layer hashing with a cosine-similarity-preserving loss."""
+
+    name = "bihalf"
 
     @dataclass
     class Config:
@@ -46,23 +85,5 @@ class BiHalf(HashMethod):
             if self.gamma < 0:
                 raise ValueError(f"bihalf: gamma must be >= 0, got {self.gamma}")
 
-    def __init__(self, feature_dim: int, bits: Sequence[int], config: Config | None = None):
-        super().__init__(feature_dim, bits, config)
-        self.heads = nn.ModuleDict({str(k): nn.Linear(feature_dim, k) for k in self.bits})
-
-    def training_loss(self, views: Sequence[torch.Tensor], info: StepInfo) -> LossOutput:
-        features = views[0].float()
-        total = features.new_zeros(())
-        parts: dict[str, float] = {}
-        for k in self.bits:
-            b = bihalf_sign(self.heads[str(k)](features), self.config.gamma)
-            loss = half_batch_similarity_mse(b, features)
-            total = total + loss
-            parts[f"similarity_{k}"] = float(loss.detach())
-        return LossOutput(total, parts)
-
-    @torch.no_grad()
-    def encode(self, features: torch.Tensor) -> dict[int, torch.Tensor]:
-        return {
-            k: torch.where(self.heads[str(k)](features.float()) >= 0, 1.0, -1.0) for k in self.bits
-        }
+    def training_codes(self, h: torch.Tensor) -> torch.Tensor:
+        return bihalf_sign(h, self.config.gamma)

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from contrahash.codes import bihalf_sign, sign_st
+from contrahash.codes import bihalf_sign, sign_pm1, sign_st
 from contrahash.losses import (
     cosine_reconstruction_loss,
     decorrelation_loss,
@@ -148,5 +148,5 @@ class FDBH(HashMethod):
             if self.config.fdo == "standardize":
                 bn = self.fdo[str(k)]
                 u = (u - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps)
-            out[k] = torch.where(u >= 0, 1.0, -1.0)
+            out[k] = sign_pm1(u)
         return out

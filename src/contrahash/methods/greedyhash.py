@@ -15,26 +15,19 @@ Official-code behaviour (docs/methods.md, "GreedyHash"):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from contrahash.codes import sign_st
-from contrahash.losses import cubic_quantization_loss, half_batch_similarity_mse
-from contrahash.methods.base import HashMethod, LossOutput, OptimSpec, StepInfo
+from contrahash.losses import cubic_quantization_loss
+from contrahash.methods.bihalf import LinearSimilarityHash
 
 
-class GreedyHash(HashMethod):
+class GreedyHash(LinearSimilarityHash):
     """Straight-through sign hashing with a cubic quantisation penalty (unsupervised)."""
 
     name = "greedyhash"
-    n_views = 1
-    augmentation = "resize"
-    default_optim = OptimSpec(
-        name="sgd", lr=1e-4, momentum=0.9, weight_decay=5e-4, batch_size=32, epochs=300
-    )
 
     @dataclass
     class Config:
@@ -44,25 +37,8 @@ class GreedyHash(HashMethod):
             if self.alpha < 0:
                 raise ValueError(f"greedyhash: alpha must be >= 0, got {self.alpha}")
 
-    def __init__(self, feature_dim: int, bits: Sequence[int], config: Config | None = None):
-        super().__init__(feature_dim, bits, config)
-        self.heads = nn.ModuleDict({str(k): nn.Linear(feature_dim, k) for k in self.bits})
+    def training_codes(self, h: torch.Tensor) -> torch.Tensor:
+        return sign_st(h)
 
-    def training_loss(self, views: Sequence[torch.Tensor], info: StepInfo) -> LossOutput:
-        features = views[0].float()
-        total = features.new_zeros(())
-        parts: dict[str, float] = {}
-        for k in self.bits:
-            h = self.heads[str(k)](features)
-            similarity = half_batch_similarity_mse(sign_st(h), features)
-            quantization = cubic_quantization_loss(h)
-            total = total + similarity + self.config.alpha * quantization
-            parts[f"similarity_{k}"] = float(similarity.detach())
-            parts[f"quantization_{k}"] = float(quantization.detach())
-        return LossOutput(total, parts)
-
-    @torch.no_grad()
-    def encode(self, features: torch.Tensor) -> dict[int, torch.Tensor]:
-        return {
-            k: torch.where(self.heads[str(k)](features.float()) >= 0, 1.0, -1.0) for k in self.bits
-        }
+    def extra_loss(self, h: torch.Tensor) -> tuple[str, torch.Tensor]:
+        return "quantization", self.config.alpha * cubic_quantization_loss(h)

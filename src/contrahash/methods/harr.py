@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from contrahash.codes import sign_pm1
 from contrahash.losses import bit_correlation_loss, cosine_quantization_loss, wta_contrastive_loss
 from contrahash.methods.base import HashMethod, LossOutput, OptimSpec, StepInfo
 from contrahash.wta import wta_codes, wta_similarity, wta_threshold
@@ -179,4 +180,4 @@ class HARR(HashMethod):
 
     @torch.no_grad()
     def encode(self, features: torch.Tensor) -> dict[int, torch.Tensor]:
-        return {k: torch.where(self.head_output(features, k) >= 0, 1.0, -1.0) for k in self.bits}
+        return {k: sign_pm1(self.head_output(features, k)) for k in self.bits}

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from contrahash.codes import sign_pm1
 from contrahash.losses import sorted_nce_loss, squared_quantization_loss
 from contrahash.methods.base import HashMethod, LossOutput, OptimSpec, StepInfo
 
@@ -101,6 +102,6 @@ class NSH(HashMethod):
     @torch.no_grad()
     def encode(self, features: torch.Tensor) -> dict[int, torch.Tensor]:
         return {
-            k: torch.where(self.hash_heads[str(k)](features.float()) >= 0, 1.0, -1.0)
+            k: sign_pm1(self.hash_heads[str(k)](features.float()))
             for k in self.bits
         }

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from contrahash.codes import sign_pm1
 from contrahash.methods.base import HashMethod, LossOutput, StepInfo
 
 
@@ -66,12 +67,12 @@ def itq_rotation(
     errors = []
     for _ in range(n_iter):
         projected = v @ rotation
-        codes = torch.where(projected >= 0, 1.0, -1.0).to(v.dtype)
+        codes = sign_pm1(projected).to(v.dtype)
         errors.append(float((codes - projected).pow(2).sum()))
         u_b, _, u_a_t = torch.linalg.svd(codes.t() @ v)  # BᵀV = UB Σ UAᵀ
         rotation = u_a_t.t() @ u_b.t()  # R = UA UBᵀ maximises tr(Bᵀ V R)
     projected = v @ rotation
-    errors.append(float((torch.where(projected >= 0, 1.0, -1.0) - projected).pow(2).sum()))
+    errors.append(float((sign_pm1(projected) - projected).pow(2).sum()))
     return rotation, errors
 
 
@@ -130,7 +131,7 @@ class _ProjectionHash(HashMethod):
         if not bool(self.fitted):
             raise RuntimeError(f"{self.name}: call fit(training features) before encode")
         x = features.float() - self.mean
-        return {k: torch.where(x @ self.projection(k) >= 0, 1.0, -1.0) for k in self.bits}
+        return {k: sign_pm1(x @ self.projection(k)) for k in self.bits}
 
 
 class LSH(_ProjectionHash):

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from contrahash.codes import sign_st
+from contrahash.codes import sign_pm1, sign_st
 from contrahash.losses import bit_balance_loss, soft_target_cross_entropy
 from contrahash.methods.base import HashMethod, LossOutput, OptimSpec, StepInfo
 
@@ -157,4 +157,4 @@ class WCH(HashMethod):
 
     @torch.no_grad()
     def encode(self, features: torch.Tensor) -> dict[int, torch.Tensor]:
-        return {k: torch.where(self.relaxed_codes(features, k) >= 0, 1.0, -1.0) for k in self.bits}
+        return {k: sign_pm1(self.relaxed_codes(features, k)) for k in self.bits}
