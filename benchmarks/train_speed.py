@@ -16,9 +16,9 @@ import time
 
 import numpy as np
 import torch
-from contrahash.backbones import build_backbone
 
 from contrahash.augment import test_transform, view_augmenters
+from contrahash.backbones import build_backbone
 from contrahash.features import autocast_for, backbone_inputs
 from contrahash.methods import OptimSpec, StepInfo, build_method
 from contrahash.train import make_image_forward, make_optimizer, run_epoch, train_on_features
