@@ -26,6 +26,7 @@ SMALL = {
     "vit_b_16": (32, 4),
     "vgg16": (64, 4),
     "tiny_cnn": (32, 16),
+    "pixels": (8, 8),
 }
 HEAVY = {"vgg16", "vit_b_16"}  # 86M–134M parameters: slow to initialise
 
