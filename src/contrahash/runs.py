@@ -369,13 +369,19 @@ class RunContext:
         start = time.perf_counter()
         seen = [0]
 
-        def update(n: int | None, loss: float | None) -> None:
+        steps_done = [0]
+
+        def update(n: int | None, loss: torch.Tensor | None) -> None:
             if n is None:
                 progress.stop()
                 return
             seen[0] += n
+            steps_done[0] += 1
+            if steps_done[0] % 20 and steps_done[0] != steps:
+                progress.update(task, advance=1)  # reading the loss would wait for the GPU
+                return
             rate = seen[0] / max(1e-9, time.perf_counter() - start)
-            progress.update(task, advance=1, rate=f"{rate:,.0f}", loss=f"{loss:.4f}")
+            progress.update(task, advance=1, rate=f"{rate:,.0f}", loss=f"{float(loss):.4f}")
 
         return update
 

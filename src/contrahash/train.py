@@ -147,7 +147,7 @@ def run_epoch(
     batches: Iterator[Batch],
     info: StepInfo,
     forward: Callable[[list[torch.Tensor]], list[torch.Tensor]] | None = None,
-    on_step: Callable[[int, float], None] | None = None,
+    on_step: Callable[[int, torch.Tensor], None] | None = None,
     trainables: Sequence[torch.nn.Module] = (),
 ) -> dict[str, float]:
     """One pass of optimisation steps; returns mean loss and mean loss parts.
@@ -155,11 +155,17 @@ def run_epoch(
     ``forward`` maps a batch's per-view inputs (e.g. uint8 images) to the method's inputs
     (backbone outputs); identity for cached features. Before each step the batch's positions
     in the training split are put in ``method.batch_index`` (HARR's similarity lookup).
+
+    Losses are summed on the device and read once at the end of the epoch: no step waits for
+    the GPU, so the host queues the next batch's augmentation while the GPU computes. A
+    non-finite loss is detected at the end of the epoch (before any checkpoint is written) and
+    reported with the step where it first appeared.
     """
     method.train()
     for module in trainables:
         module.train()
-    sums: dict[str, float] = {}
+    sums: dict[str, torch.Tensor | float] = {}
+    first_bad: torch.Tensor | None = None
     steps = 0
     for step, (batch, index) in enumerate(batches):
         info.step = step
@@ -167,23 +173,26 @@ def run_epoch(
         method.batch_index = index
         out = method.training_loss(inputs, info)
         loss = out.loss
-        if not torch.isfinite(loss):
-            raise TrainingError(
-                f"non-finite loss ({float(loss.detach())}) at epoch {info.epoch + 1}, step {step + 1}; "
-                "try a lower optim.lr. The last good checkpoint is kept."
-            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         steps += 1
-        value = float(loss.detach())
+        value = loss.detach()
+        bad = ~torch.isfinite(value)
+        first_bad = (torch.where(bad, step, -1) if first_bad is None
+                     else torch.where((first_bad < 0) & bad, step, first_bad))
         sums["loss"] = sums.get("loss", 0.0) + value
         for key, part in out.parts.items():
             sums[key] = sums.get(key, 0.0) + part
         if on_step is not None:
             on_step(len(index), value)
     method.batch_index = None
-    return {key: v / max(1, steps) for key, v in sums.items()}
+    if first_bad is not None and int(first_bad) >= 0:
+        raise TrainingError(
+            f"non-finite loss at epoch {info.epoch + 1}, step {int(first_bad) + 1}; "
+            "try a lower optim.lr. The last good checkpoint is kept."
+        )
+    return {key: float(v) / max(1, steps) for key, v in sums.items()}
 
 
 def train_on_features(
@@ -429,7 +438,7 @@ class _Trainer:
             seen = [0]
             bar = ctx.progress_bar(epoch, epochs, steps) if self.progress else None
 
-            def on_step(n: int, loss: float, seen=seen, bar=bar) -> None:
+            def on_step(n: int, loss: torch.Tensor, seen=seen, bar=bar) -> None:
                 seen[0] += n
                 if bar is not None:
                     bar(n, loss)

@@ -52,10 +52,14 @@ class StepInfo:
 
 @dataclass
 class LossOutput:
-    """Total loss to back-propagate plus named scalar parts for logging."""
+    """Total loss to back-propagate plus named scalar parts for logging.
+
+    Parts are detached 0-d tensors (or floats): the trainer sums them on the device and reads
+    them once per epoch, so logging never makes the host wait for the GPU mid-epoch.
+    """
 
     loss: torch.Tensor
-    parts: dict[str, float] = field(default_factory=dict)
+    parts: dict[str, torch.Tensor | float] = field(default_factory=dict)
 
 
 class HashMethod(nn.Module):

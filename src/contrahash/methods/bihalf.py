@@ -59,12 +59,12 @@ class LinearSimilarityHash(HashMethod):
             h = self.heads[str(k)](features)
             similarity = half_batch_similarity_mse(self.training_codes(h), features)
             total = total + similarity
-            parts[f"similarity_{k}"] = float(similarity.detach())
+            parts[f"similarity_{k}"] = similarity.detach()
             extra = self.extra_loss(h)
             if extra is not None:
                 name, value = extra
                 total = total + value
-                parts[f"{name}_{k}"] = float(value.detach())
+                parts[f"{name}_{k}"] = value.detach()
         return LossOutput(total, parts)
 
     @torch.no_grad()

@@ -55,8 +55,8 @@ class CIBHash(HashMethod):
             contrastive = nt_xent(b1, b2, self.config.temperature)
             kl = symmetric_bernoulli_kl(p1, p2)
             total = total + contrastive + self.config.beta * kl
-            parts[f"contrastive_{k}"] = float(contrastive.detach())
-            parts[f"kl_{k}"] = float(kl.detach())
+            parts[f"contrastive_{k}"] = contrastive.detach()
+            parts[f"kl_{k}"] = kl.detach()
         return LossOutput(total, parts)
 
     @torch.no_grad()

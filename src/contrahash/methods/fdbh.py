@@ -124,19 +124,19 @@ class FDBH(HashMethod):
             else:
                 b = sign_st(u_hat)
             loss_k = nt_xent(b[:n], b[n:], c.temperature)
-            parts[f"contrastive_{k}"] = float(loss_k.detach())
+            parts[f"contrastive_{k}"] = loss_k.detach()
             if c.polarization:
                 pol = polarization_loss(u_hat, c.margin)
                 loss_k = loss_k + c.lambda_pol * pol
-                parts[f"polarization_{k}"] = float(pol.detach())
+                parts[f"polarization_{k}"] = pol.detach()
             if c.decorrelation and c.fdo != "none":
                 dec = 0.5 * (decorrelation_loss(u_hat[:n]) + decorrelation_loss(u_hat[n:]))
                 loss_k = loss_k + c.lambda_dec * dec
-                parts[f"decorrelation_{k}"] = float(dec.detach())
+                parts[f"decorrelation_{k}"] = dec.detach()
             if c.reconstruction:
                 rec = cosine_reconstruction_loss(self.decoders[str(k)](b), torch.cat([f1, f2]))
                 loss_k = loss_k + c.lambda_rec * rec
-                parts[f"reconstruction_{k}"] = float(rec.detach())
+                parts[f"reconstruction_{k}"] = rec.detach()
             total = total + loss_k
         return LossOutput(total, parts)
 

@@ -173,9 +173,9 @@ class HARR(HashMethod):
             l_bcr = bit_correlation_loss(self.head_output(strong, k), self.head_output(randaug, k))
             l_q = cosine_quantization_loss(v_weak)
             total = total + l_wta + c.lambda_bcr * l_bcr + c.lambda_q * l_q
-            parts[f"wta_{k}"] = float(l_wta.detach())
-            parts[f"bcr_{k}"] = float(l_bcr.detach())
-            parts[f"quantization_{k}"] = float(l_q.detach())
+            parts[f"wta_{k}"] = l_wta.detach()
+            parts[f"bcr_{k}"] = l_bcr.detach()
+            parts[f"quantization_{k}"] = l_q.detach()
         return LossOutput(total, parts)
 
     @torch.no_grad()

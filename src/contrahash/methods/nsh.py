@@ -95,8 +95,8 @@ class NSH(HashMethod):
             )
             quantization = 0.5 * (squared_quantization_loss(b1) + squared_quantization_loss(b2))
             total = total + nce + c.lambda_q * quantization
-            parts[f"sorted_nce_{k}"] = float(nce.detach())
-            parts[f"quantization_{k}"] = float(quantization.detach())
+            parts[f"sorted_nce_{k}"] = nce.detach()
+            parts[f"quantization_{k}"] = quantization.detach()
         return LossOutput(total, parts)
 
     @torch.no_grad()

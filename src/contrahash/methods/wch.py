@@ -151,8 +151,8 @@ class WCH(HashMethod):
             contrastive = soft_target_cross_entropy(b1 @ b2.t() / (k * c.code_temperature), target)
             balance = bit_balance_loss(b1)
             total = total + contrastive + c.lambda_balance * balance
-            parts[f"weighted_contrastive_{k}"] = float(contrastive.detach())
-            parts[f"balance_{k}"] = float(balance.detach())
+            parts[f"weighted_contrastive_{k}"] = contrastive.detach()
+            parts[f"balance_{k}"] = balance.detach()
         return LossOutput(total, parts)
 
     @torch.no_grad()
