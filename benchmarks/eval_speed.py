@@ -24,9 +24,9 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import time
 
 import numpy as np
+from _timing import best_time
 
 
 def make_codes(n_query: int, n_db: int, bits: int, n_classes: int, flip: float, seed: int):
@@ -61,14 +61,6 @@ def field_map(q_b, r_b, q_l, r_l, topk: int, tie_free: bool = False) -> float:
         topkmap += np.mean(count / tindex)
     return topkmap / num_query
 
-
-def best_time(fn, repeats: int):
-    times, value = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        value = fn()
-        times.append(time.perf_counter() - start)
-    return min(times), value
 
 
 def main() -> None:

@@ -17,18 +17,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
 import numpy as np
-
-
-def best_time(fn, repeats: int = 1):
-    times, value = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        value = fn()
-        times.append(time.perf_counter() - start)
-    return min(times), value
+from _timing import best_time
 
 
 def other_backends(args, db: np.ndarray, queries: np.ndarray) -> None:

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from contrahash.config import TrainConfig
-from contrahash.features import FeatureCache, autocast_for, backbone_inputs, extract_features
-from contrahash.io import append_jsonl, atomic_write, write_json, write_npz, write_text
+from contrahash.features import FeatureCache, autocast_for, backbone_inputs
+from contrahash.io import atomic_write
 from contrahash.methods.base import HashMethod, OptimSpec, StepInfo
 
 #: a batch: per-view method inputs, and the batch rows' positions in the training split
@@ -485,11 +485,4 @@ __all__ = [
     "save_safetensors",
     "train_on_features",
     "train_run",
-    "write_json",
-    "write_npz",
-    "write_text",
-    "append_jsonl",
-    "autocast_for",
-    "backbone_inputs",
-    "extract_features",
 ]
