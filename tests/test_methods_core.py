@@ -109,3 +109,44 @@ def test_fdbh_reconstruction_targets_features():
     f = torch.randn(8, 8)
     u = m.encoders["8"](torch.cat([f, f]))
     assert F.cosine_similarity(m.decoders["8"](torch.sign(u)), torch.cat([f, f])).shape == (16,)
+
+
+def test_fdbh_extra_neighbour_positive_matches_reference():
+    """neighbour_mode="extra": three views; loss = NT-Xent(b1,b2) + w·½(NT-Xent(b1,b3)+NT-Xent(b2,b3))."""
+    torch.manual_seed(3)
+    cfg = {"neighbour_mode": "extra", "neighbour_weight": 0.7, "polarization": False,
+           "reconstruction": False, "decorrelation": False}
+    m = build_method("fdbh", 6, [8], cfg)
+    assert m.n_views == 3
+    assert build_method("fdbh", 6, [8]).n_views == 2
+    assert build_method("fdbh", 6, [8], {"neighbour_mode": "extra", "neighbour_prob": 0.0}).n_views == 2
+    f = [torch.randn(10, 6) for _ in range(3)]
+    out = m.training_loss(f, StepInfo())
+    # reference: standardise the three views together with batch statistics, then sign
+    u = m.encoders["8"](torch.cat(f))
+    u = (u - u.mean(0)) / torch.sqrt(u.var(0, unbiased=False) + 1e-5)
+    b1, b2, b3 = torch.sign(u).split(10)
+    expected = nt_xent(b1, b2) + 0.7 * 0.5 * (nt_xent(b1, b3) + nt_xent(b2, b3))
+    assert float(out.loss) == pytest.approx(float(expected), rel=1e-5)
+    assert set(out.parts) == {"contrastive_8", "neighbour_8"}
+
+
+def test_fdbh_rejects_bad_neighbour_mode():
+    with pytest.raises(ValueError, match="neighbour_mode"):
+        build_method("fdbh", 8, [8], {"neighbour_mode": "both"})
+    with pytest.raises(ValueError, match="neighbour_weight"):
+        build_method("fdbh", 8, [8], {"neighbour_weight": -1.0})
+    with pytest.raises(ValueError, match="neighbour_refresh"):
+        build_method("fdbh", 8, [8], {"neighbour_refresh": -2})
+
+
+def test_fdbh_embed_is_the_test_time_pre_quantisation_output():
+    torch.manual_seed(0)
+    m = build_method("fdbh", 6, [8, 16])
+    m.training_loss([torch.randn(32, 6) + 2, torch.randn(32, 6) + 2], StepInfo())  # moves running stats
+    f = torch.randn(5, 6)
+    e = m.embed(f)
+    assert e.shape == (5, 24)
+    assert torch.allclose(e[:, :8].norm(dim=1), torch.ones(5), atol=1e-5)
+    # the sign of the embedding is the code (running statistics, not batch statistics)
+    assert torch.equal(torch.sign(e[:, 8:]), m.encode(f)[16].float())

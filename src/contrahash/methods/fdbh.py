@@ -17,8 +17,14 @@ Design (docs/methods.md, "FDBH"); every component has a switch for the ablation 
 7. Improved contrastive framework — neighbour positives (``neighbour_prob``): before training
    the trainer mines each training image's ``neighbour_k`` nearest neighbours by cosine of
    frozen features over ``neighbour_pool`` ("train" or the unlabelled "database"); with
-   probability ``neighbour_prob`` the second view is an augmentation of a random neighbour.
-   No labels are used. Set ``neighbour_prob=0`` to switch it off.
+   probability ``neighbour_prob`` the second view is an augmentation of a random neighbour
+   (``neighbour_mode="replace"``). With ``neighbour_mode="extra"`` the neighbour is a third
+   view instead — an *extra* positive next to the image's own second view (a third
+   augmentation of the image when not drawn), weighted ``neighbour_weight`` in the
+   contrastive loss. ``neighbour_refresh`` = R > 0 re-mines the neighbours every R epochs
+   by cosine of the model being trained (:meth:`FDBH.embed`: the standardised
+   pre-quantisation outputs, with the fine-tuned backbone when there is one) instead of the
+   frozen features. No labels are used. Set ``neighbour_prob=0`` to switch it off.
 
 Test code: sign(û) with running statistics (sign(u) when FDO is off or Bi-half).
 """
@@ -41,6 +47,7 @@ from contrahash.losses import (
 from contrahash.methods.base import HashMethod, LossOutput, OptimSpec, StepInfo, mlp_head
 
 FDO_MODES = ("standardize", "bihalf", "none")
+NEIGHBOUR_MODES = ("replace", "extra")
 
 
 class FDBH(HashMethod):
@@ -68,6 +75,9 @@ class FDBH(HashMethod):
         neighbour_prob: float = 0.5
         neighbour_k: int = 5
         neighbour_pool: str = "database"
+        neighbour_mode: str = "replace"
+        neighbour_weight: float = 1.0
+        neighbour_refresh: int = 0
 
         def validate(self) -> None:
             if self.fdo not in FDO_MODES:
@@ -80,10 +90,20 @@ class FDBH(HashMethod):
                 )
             if self.temperature <= 0:
                 raise ValueError("fdbh: temperature must be > 0")
+            if self.neighbour_mode not in NEIGHBOUR_MODES:
+                raise ValueError(f"fdbh: neighbour_mode must be one of {NEIGHBOUR_MODES}, "
+                                 f"got '{self.neighbour_mode}'")
+            if self.neighbour_refresh < 0:
+                raise ValueError(f"fdbh: neighbour_refresh must be >= 0 (epochs; 0 = never), "
+                                 f"got {self.neighbour_refresh}")
+            if self.neighbour_weight < 0:
+                raise ValueError(f"fdbh: neighbour_weight must be >= 0, got {self.neighbour_weight}")
 
     def __init__(self, feature_dim: int, bits: Sequence[int], config: Config | None = None):
         super().__init__(feature_dim, bits, config)
         c = self.config
+        # "extra" neighbour positives travel as a third view (the trainer fills the last view)
+        self.n_views = 3 if c.neighbour_mode == "extra" and c.neighbour_prob > 0 else 2
         self.encoders = nn.ModuleDict({str(k): mlp_head(feature_dim, c.hidden, k) for k in self.bits})
         self.fdo = nn.ModuleDict(
             {
@@ -109,44 +129,57 @@ class FDBH(HashMethod):
 
     def training_loss(self, views: Sequence[torch.Tensor], info: StepInfo) -> LossOutput:
         c = self.config
-        f1, f2 = views[0].float(), views[1].float()
-        n = f1.shape[0]
-        total = f1.new_zeros(())
-        parts: dict[str, float] = {}
+        feats = [v.float() for v in views]
+        n, m = feats[0].shape[0], len(feats)
+        f_all = torch.cat(feats)
+        total = f_all.new_zeros(())
+        parts: dict[str, torch.Tensor] = {}
         for k in self.bits:
-            u = self.encoders[str(k)](torch.cat([f1, f2]))
-            # both views standardised together: one set of batch statistics per bit
+            u = self.encoders[str(k)](f_all)
+            # all views standardised together: one set of batch statistics per bit
             u_hat = self._balanced(u, k)
             if c.fdo == "bihalf":
-                b = torch.cat([bihalf_sign(u_hat[:n], c.bihalf_gamma), bihalf_sign(u_hat[n:], c.bihalf_gamma)])
+                b = torch.cat([bihalf_sign(u_hat[i * n:(i + 1) * n], c.bihalf_gamma) for i in range(m)])
             elif c.polarization:
                 b = sign_st(torch.tanh(self.alpha(info) * u_hat))
             else:
                 b = sign_st(u_hat)
-            loss_k = nt_xent(b[:n], b[n:], c.temperature)
+            loss_k = nt_xent(b[:n], b[n:2 * n], c.temperature)
             parts[f"contrastive_{k}"] = loss_k.detach()
+            if m == 3:  # the neighbour (extra positive) against both views of the image
+                extra = 0.5 * (nt_xent(b[:n], b[2 * n:], c.temperature)
+                               + nt_xent(b[n:2 * n], b[2 * n:], c.temperature))
+                loss_k = loss_k + c.neighbour_weight * extra
+                parts[f"neighbour_{k}"] = extra.detach()
             if c.polarization:
                 pol = polarization_loss(u_hat, c.margin)
                 loss_k = loss_k + c.lambda_pol * pol
                 parts[f"polarization_{k}"] = pol.detach()
             if c.decorrelation and c.fdo != "none":
-                dec = 0.5 * (decorrelation_loss(u_hat[:n]) + decorrelation_loss(u_hat[n:]))
+                dec = sum(decorrelation_loss(u_hat[i * n:(i + 1) * n]) for i in range(m)) / m
                 loss_k = loss_k + c.lambda_dec * dec
                 parts[f"decorrelation_{k}"] = dec.detach()
             if c.reconstruction:
-                rec = cosine_reconstruction_loss(self.decoders[str(k)](b), torch.cat([f1, f2]))
+                rec = cosine_reconstruction_loss(self.decoders[str(k)](b), f_all)
                 loss_k = loss_k + c.lambda_rec * rec
                 parts[f"reconstruction_{k}"] = rec.detach()
             total = total + loss_k
         return LossOutput(total, parts)
 
+    def _test_u(self, features: torch.Tensor, k: int) -> torch.Tensor:
+        u = self.encoders[str(k)](features.float())
+        if self.config.fdo == "standardize":
+            bn = self.fdo[str(k)]
+            u = (u - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps)
+        return u
+
     @torch.no_grad()
     def encode(self, features: torch.Tensor) -> dict[int, torch.Tensor]:
-        out = {}
-        for k in self.bits:
-            u = self.encoders[str(k)](features.float())
-            if self.config.fdo == "standardize":
-                bn = self.fdo[str(k)]
-                u = (u - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps)
-            out[k] = sign_pm1(u)
-        return out
+        return {k: sign_pm1(self._test_u(features, k)) for k in self.bits}
+
+    @torch.no_grad()
+    def embed(self, features: torch.Tensor) -> torch.Tensor:
+        """Continuous embedding for re-mining neighbours: every code length's test-time
+        pre-quantisation output (running statistics), each scaled to unit norm, concatenated."""
+        parts = [torch.nn.functional.normalize(self._test_u(features, k), dim=1) for k in self.bits]
+        return torch.cat(parts, dim=1)
