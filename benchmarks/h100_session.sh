@@ -17,4 +17,7 @@ timeout "$GRID_SECONDS" python3 -m contrahash.cli benchmark configs/benchmarks/c
   --out /tmp/bench/cifar10-1 ${ONLY:+--only $ONLY} 2>&1 | tail -40
 cp /tmp/bench/cifar10-1/results.* /tmp/bench/cifar10-1/environment.json "$OUT"/ 2>/dev/null
 tar czf "$OUT/bench.tgz" --exclude='*.safetensors' --exclude='*.pt' --exclude='cache' -C /tmp/bench . 2>/dev/null
-[ "${SPEED:-1}" = 1 ] && timeout 120 python3 benchmarks/train_speed.py --backbone vgg16 --random-init ${SPEED_ARGS:-} 2>&1 | tail -4 | tee "$OUT/train_speed.txt"
+if [ "${SPEED:-1}" = 1 ]; then  # eager, then torch.compile'd backbone
+  timeout 120 python3 benchmarks/train_speed.py --backbone vgg16 --random-init ${SPEED_ARGS:-} 2>&1 | tail -4 | tee "$OUT/train_speed.txt"
+  timeout 240 python3 benchmarks/train_speed.py --backbone vgg16 --random-init --compile ${SPEED_ARGS:-} 2>&1 | tail -4 | tee "$OUT/train_speed_compile.txt"
+fi

@@ -49,6 +49,28 @@ def test_run_directory_is_complete(tmp_path):
     assert again["16"]["map"] == pytest.approx(result.results["bits"]["16"]["map"])
 
 
+@pytest.mark.parametrize("pool", ["train", "database"])
+def test_fdbh_extra_neighbour_views_train_from_cache(tmp_path, pool):
+    cfg = _cfg(tmp_path, "method=fdbh", f"method_config.neighbour_pool={pool}",
+               "method_config.neighbour_mode=extra", "optim.epochs=2")
+    result = train_run(cfg, tmp_path / "run", progress=False)
+    logs = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert "neighbour_16" in logs[-1]
+    assert 0.0 < result.results["bits"]["16"]["map"] <= 1.0
+
+
+def test_neighbour_refresh_re_mines_from_the_model(tmp_path):
+    cfg = _cfg(tmp_path, "method=fdbh", "method_config.neighbour_pool=database",
+               "method_config.neighbour_refresh=2", "optim.epochs=5")
+    result = train_run(cfg, tmp_path / "run", progress=False)
+    events = [json.loads(x) for x in (result.run_dir / "events.jsonl").read_text().splitlines()]
+    mined = [e["epoch"] for e in events if e["event"] == "neighbours"]
+    assert mined == [-1, 2, 4]  # frozen features first, then the model at epochs 2 and 4
+    z = np.load(result.run_dir / "neighbours.npz")
+    assert int(z["epoch"]) == 4 and z["neighbours"].shape[1] == 5
+    assert np.isin(z["neighbours"], z["pool"]).all()
+
+
 def test_existing_run_is_never_overwritten(tmp_path):
     cfg = _cfg(tmp_path, "method=itq")
     train_run(cfg, tmp_path / "run", progress=False)
@@ -56,8 +78,13 @@ def test_existing_run_is_never_overwritten(tmp_path):
         train_run(cfg, tmp_path / "run", progress=False)
 
 
-def test_resume_gives_bit_identical_codes(tmp_path):
-    cfg = _cfg(tmp_path, "method=cibhash", "optim.epochs=3", "optim.batch_size=32")
+@pytest.mark.parametrize("method", [
+    ["method=cibhash"],
+    # neighbours re-mined from the model every epoch: resume must pick up the latest set
+    ["method=fdbh", "method_config.neighbour_pool=train", "method_config.neighbour_refresh=1"],
+])
+def test_resume_gives_bit_identical_codes(tmp_path, method):
+    cfg = _cfg(tmp_path, *method, "optim.epochs=3", "optim.batch_size=32")
     full = train_run(cfg, tmp_path / "full", progress=False)
     partial = train_run(cfg, tmp_path / "part", progress=False, stop_after_epoch=1)
     assert not (partial.run_dir / "results.json").exists()
@@ -78,6 +105,28 @@ def test_end_to_end_path_trains_and_fine_tunes(tmp_path):
         str(ctx_result.run_dir / "model.safetensors")).keys())
     codes, dataset = encode_run(ctx_result.run_dir)
     assert codes[16].shape == (len(dataset.images), 16)
+    assert set(np.unique(codes[16])) <= {-1, 1}
+
+
+def test_end_to_end_path_with_extra_neighbour_view(tmp_path):
+    cfg = _cfg(tmp_path, "method=fdbh", "optim.epochs=1", "backbone.name=tiny_cnn",
+               "backbone.random_init=true", "backbone.finetune_blocks=1", "backbone.image_size=16",
+               "method_config.neighbour_mode=extra", "method_config.neighbour_pool=train")
+    result = train_run(cfg, tmp_path / "e2e3", progress=False)
+    logs = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert "neighbour_8" in logs[-1] and (result.run_dir / "neighbours.npz").exists()
+
+
+def test_compile_option_compiles_backbone_and_keeps_weight_names(tmp_path):
+    cfg = _cfg(tmp_path, "method=cibhash", "optim.epochs=1", "backbone.name=tiny_cnn",
+               "backbone.random_init=true", "backbone.finetune_blocks=1", "backbone.image_size=16",
+               "compile=true")
+    result = train_run(cfg, tmp_path / "compiled", progress=False)
+    keys = __import__("safetensors.torch").torch.load_file(str(result.run_dir / "model.safetensors"))
+    assert any(k.startswith("backbone.") for k in keys) and not any("_orig_mod" in k for k in keys)
+    ctx = RunContext.open(result.run_dir)
+    assert hasattr(ctx.backbone.forward, "_torchdynamo_orig_callable")  # really compiled
+    codes, _ = encode_run(result.run_dir)
     assert set(np.unique(codes[16])) <= {-1, 1}
 
 

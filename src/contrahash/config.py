@@ -99,6 +99,7 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True
     channels_last: bool = True
+    #: torch.compile the backbone's forward (training, feature extraction and encoding)
     compile: bool = False
     seed: int = 0
     eval_batch_size: int = 512

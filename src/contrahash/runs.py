@@ -154,6 +154,11 @@ class RunContext:
         self.backbone.to(self.device)
         if cfg.channels_last and self.device.type == "cuda":
             self.backbone.to(memory_format=torch.channels_last)
+        if cfg.compile:
+            # compile the bound forward(s), not the module: state_dict keys stay unchanged
+            for name in ("forward", "forward_tokens"):
+                if hasattr(self.backbone, name):
+                    setattr(self.backbone, name, torch.compile(getattr(self.backbone, name)))
         self.image_size = bb.image_size or self.backbone.input_size
         from contrahash.methods import METHODS
 
@@ -280,34 +285,59 @@ class RunContext:
         return (float(getattr(c, "neighbour_prob", 0.0)), int(getattr(c, "neighbour_k", 5)),
                 str(getattr(c, "neighbour_pool", "train")))
 
-    def _mine(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """(neighbours as dataset indices [n_train, k], pool dataset indices) or None."""
+    def _mine(self, refresh_epoch: int | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+        """(neighbours as dataset indices [n_train, k], pool dataset indices) or None.
+
+        First mined by cosine of the frozen backbone's features before any training; with
+        ``refresh_epoch`` re-mined by cosine of ``method.embed`` of the current model
+        (neighbour_refresh). neighbours.npz always holds the latest set, so a resumed run
+        continues with the neighbours its checkpoint trained on.
+        """
         from contrahash.train import mine_neighbours
 
         prob, k, pool_name = self._neighbour_setting()
         if prob <= 0:
             return None
         path = self.run_dir / "neighbours.npz"
-        if path.exists():
+        if refresh_epoch is None and path.exists():
             z = np.load(path)
             return z["neighbours"], z["pool"]
         train = self.split.train
         pool = train if pool_name == "train" else self.split.database
         position = {int(i): p for p, i in enumerate(pool)}
         self_index = np.array([position.get(int(i), -1) for i in train])
-        # mining uses the frozen backbone's features before any fine-tuning (no labels)
-        nb_pos = mine_neighbours(self.clean_features(train), self.clean_features(pool), k,
-                                 self_index, device=self.device)
+        if refresh_epoch is None:  # no labels, no training yet: the frozen backbone's features
+            anchors, candidates = self.clean_features(train), self.clean_features(pool)
+        else:
+            anchors, candidates = self._embedding(train), self._embedding(pool)
+        nb_pos = mine_neighbours(anchors, candidates, k, self_index, device=self.device)
         neighbours = pool[nb_pos]
         agreement = _label_agreement(self.dataset.labels, train, neighbours)
-        write_npz(path, neighbours=neighbours, pool=pool)
-        self.log_event("neighbours", pool=pool_name, k=k, pool_size=len(pool),
+        epoch = -1 if refresh_epoch is None else int(refresh_epoch)
+        write_npz(path, neighbours=neighbours, pool=pool, epoch=np.array(epoch))
+        self.log_event("neighbours", pool=pool_name, k=k, pool_size=len(pool), epoch=epoch,
                        label_agreement_diagnostic=agreement)
         return neighbours, pool
 
-    def neighbours_for_cache(self) -> tuple[np.ndarray | None, torch.Tensor | None]:
+    def _embedding(self, indices: np.ndarray, chunk: int = 4096) -> torch.Tensor:
+        """``method.embed`` of the current model on un-augmented images (for re-mining)."""
+        embed = getattr(self.method, "embed", None)
+        if embed is None:
+            raise ValueError(f"method '{self.method.name}' cannot re-mine neighbours (no embed())")
+        out = []
+        for lo in range(0, len(indices), chunk):
+            feats = torch.as_tensor(np.asarray(self.test_features(indices[lo:lo + chunk])))
+            out.append(embed(feats.float().to(self.device)).float().cpu())
+        return torch.cat(out)
+
+    def neighbour_refresh(self) -> int:
+        """Epochs between re-minings of the neighbours (0: mined once, never refreshed)."""
+        return int(getattr(self.method.config, "neighbour_refresh", 0) or 0)
+
+    def neighbours_for_cache(self, refresh_epoch: int | None = None
+                             ) -> tuple[np.ndarray | None, torch.Tensor | None]:
         """Neighbours for the cached path: train-row indices, or pool rows + pool features."""
-        mined = self._mine()
+        mined = self._mine(refresh_epoch)
         if mined is None:
             return None, None
         neighbours, pool = mined
@@ -319,8 +349,8 @@ class RunContext:
         pool_rows = np.vectorize(lambda i: row[int(i)])(neighbours)
         return pool_rows, torch.as_tensor(np.asarray(self.clean_features(pool)))
 
-    def neighbours_for_images(self) -> np.ndarray | None:
-        mined = self._mine()
+    def neighbours_for_images(self, refresh_epoch: int | None = None) -> np.ndarray | None:
+        mined = self._mine(refresh_epoch)
         return None if mined is None else mined[0]
 
     # -- end-to-end batches --------------------------------------------------------------

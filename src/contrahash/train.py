@@ -422,7 +422,13 @@ class _Trainer:
         logs: list[dict[str, float]] = []
         images_seen, train_time = 0, 0.0
         steps = n_train // batch
+        refresh = ctx.neighbour_refresh() if nb is not None else 0
         for epoch in range(start_epoch, epochs):
+            if refresh and epoch > 0 and epoch % refresh == 0:  # re-mine from the current model
+                if use_cache:
+                    nb, nb_feats = ctx.neighbours_for_cache(refresh_epoch=epoch)
+                else:
+                    nb = ctx.neighbours_for_images(refresh_epoch=epoch)
             lr = set_epoch_lr(optimizer, spec, epoch, epochs)
             torch.manual_seed(_epoch_seed(self.cfg.seed, epoch))  # dropout etc.
             generator = torch.Generator().manual_seed(_epoch_seed(self.cfg.seed, epoch))
