@@ -118,7 +118,8 @@ def test_fdbh_extra_neighbour_positive_matches_reference():
            "reconstruction": False, "decorrelation": False}
     m = build_method("fdbh", 6, [8], cfg)
     assert m.n_views == 3
-    assert build_method("fdbh", 6, [8]).n_views == 2
+    assert build_method("fdbh", 6, [8]).n_views == 3  # the default
+    assert build_method("fdbh", 6, [8], {"neighbour_mode": "replace"}).n_views == 2
     assert build_method("fdbh", 6, [8], {"neighbour_mode": "extra", "neighbour_prob": 0.0}).n_views == 2
     f = [torch.randn(10, 6) for _ in range(3)]
     out = m.training_loss(f, StepInfo())
