@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as F  # noqa: F401 - used in the doctest
 
 from contrahash.losses.soft_sort import soft_sort
 
@@ -16,7 +16,7 @@ def sorted_nce_loss(
     n_positives: int = 2,
     temperature: float = 0.3,
     sort_temperature: float | None = None,
-    chunk: int = 16,
+    chunk: int = 64,
 ) -> torch.Tensor:
     """NSH's SortedNCE, literally as docs/methods.md.
 
@@ -26,8 +26,10 @@ def sorted_nce_loss(
     * the first m = ``n_positives`` sorted positions are positives, the rest negatives:
       L = mean_i (1/m) Σ_{r<m} CE([c_{i,r}, c_{i,m:}] / τ, target 0).
 
-    Memory is O(chunk · N · (N + D)) — P is built ``chunk`` anchor rows at a time (the full
-    tensor would be N³).
+    Computed without materialising the sorted latents E (N·N·D numbers per anchor chunk): with
+    A = z¹ z²ᵀ and G = z¹ z¹ᵀ, E_{i,r}·z²_i = Σ_j P_{i,r,j} A_{j,i} and
+    ‖E_{i,r}‖² = P_{i,r} G P_{i,r}ᵀ — the same value in N/D of the work (16x less for
+    N = 64, D = 1024). Memory is O(chunk · N²); P is built ``chunk`` anchor rows at a time.
 
     >>> g = torch.Generator().manual_seed(0)
     >>> b = torch.tanh(torch.randn(6, 8, generator=g)); z = F.normalize(torch.randn(6, 4, generator=g))
@@ -50,15 +52,19 @@ def sorted_nce_loss(
     tau_s = 1.0 / k if sort_temperature is None else float(sort_temperature)
     b1, b2, z1, z2 = b1.float(), b2.float(), z1.float(), z2.float()
     similarity = b1 @ b2.t() / (2 * k) + 0.5  # [N, N]
+    cross = z1 @ z2.t()  # [N (j), N (i)]: z¹_j · z²_i
+    gram = z1 @ z1.t()  # [N, N]
+    z2_norm = z2.norm(dim=1)
+    eps = 1e-8  # as F.cosine_similarity
     total = b1.new_zeros(())
     for start in range(0, n, chunk):
         rows = slice(start, min(n, start + chunk))
         P = soft_sort(similarity[rows], tau_s)  # [c, N (r), N (j)]
-        sorted_latents = P @ z1  # [c, N (r), D]
-        scores = F.cosine_similarity(sorted_latents, z2[rows].unsqueeze(1), dim=-1)  # [c, N]
-        negatives = scores[:, m:]
-        for r in range(m):
-            logits = torch.cat([scores[:, r : r + 1], negatives], dim=1) / temperature
-            target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
-            total = total + F.cross_entropy(logits, target, reduction="sum")
+        dots = (P @ cross[:, rows].t().unsqueeze(-1)).squeeze(-1)  # E_{i,r} · z²_i, [c, N]
+        sq_norms = ((P @ gram) * P).sum(-1)  # ‖E_{i,r}‖², [c, N]
+        scores = dots / torch.sqrt(torch.clamp(sq_norms * z2_norm[rows, None] ** 2, min=eps**2))
+        # each of the first m sorted positions against all the negatives: [c, m, 1 + N - m]
+        negatives = scores[:, None, m:].expand(-1, m, -1)
+        logits = torch.cat([scores[:, :m, None], negatives], dim=-1) / temperature
+        total = total + (torch.logsumexp(logits, dim=-1) - logits[..., 0]).sum()
     return total / (n * m)
