@@ -130,6 +130,17 @@ def test_compile_option_compiles_backbone_and_keeps_weight_names(tmp_path):
     assert set(np.unique(codes[16])) <= {-1, 1}
 
 
+@pytest.mark.parametrize("limit", [4.0, 0.0])
+def test_token_methods_use_the_cache_when_it_fits(tmp_path, limit):
+    cfg = _cfg(tmp_path, "method=wch", "optim.epochs=1", "optim.batch_size=32",
+               "backbone.name=tiny_cnn", "backbone.random_init=true", "backbone.image_size=16",
+               f"cache.max_token_gib={limit}", "method_config.hidden=64")
+    result = train_run(cfg, tmp_path / "wch", progress=False)
+    ctx = RunContext.open(result.run_dir)
+    assert ctx.tokens and ctx.use_cache == (limit > 0)
+    assert 0.0 < result.results["bits"]["16"]["map"] <= 1.0
+
+
 def test_non_finite_loss_stops_with_message(tmp_path):
     cfg = _cfg(tmp_path, "method=cibhash", "optim.epochs=2", "optim.lr=1e30")
     with pytest.raises(TrainingError, match="non-finite loss"):

@@ -74,11 +74,15 @@ class BackboneConfig:
 class CacheConfig:
     """Frozen-backbone feature cache (what makes CPU training practical)."""
 
-    #: "auto" = use it when the backbone is frozen and the method takes vectors
+    #: "auto" = use it when the backbone is frozen (for token-grid methods such as WCH: when
+    #: the token cache fits in ``max_token_gib``)
     mode: str = "auto"
     #: augmented views per training image computed once
     views: int = 8
     dir: str | None = None
+    #: largest token-grid cache (training views + evaluated images, float16) "auto" builds;
+    #: CIFAR-10 at 64 px with 4 views is 0.8 GiB, at 224 px with 8 views about 12 GiB
+    max_token_gib: float = 4.0
 
 
 @dataclass

@@ -172,11 +172,11 @@ class RunContext:
         mode = cfg.cache.mode
         if mode not in ("auto", "on", "off"):
             raise ValueError(f"cache.mode must be auto, on or off, got '{mode}'")
-        cacheable = self.frozen and not self.tokens
-        if mode == "on" and not cacheable:
-            raise ValueError("cache.mode=on needs a frozen backbone (backbone.finetune_blocks=0) "
-                             "and a method that takes feature vectors")
-        self.use_cache = cacheable and mode != "off"
+        if mode == "on" and not self.frozen:
+            raise ValueError("cache.mode=on needs a frozen backbone (backbone.finetune_blocks=0)")
+        self.use_cache = self.frozen and mode != "off"
+        if self.use_cache and self.tokens and mode == "auto":
+            self.use_cache = self._token_cache_gib() <= cfg.cache.max_token_gib
         self.cache = self.shared_cache or FeatureCache(cfg.cache.dir)
         self._images_on_device: torch.Tensor | None = None
         if not record_environment:
@@ -190,6 +190,14 @@ class RunContext:
         write_json(self.run_dir / ("environment_resume.json" if self.resumed else "environment.json"), env)
 
     # -- features ----------------------------------------------------------------------
+    def _token_cache_gib(self) -> float:
+        """Size of a token-grid cache for this run: training views plus evaluated images."""
+        probe = self._extract(self.split.train[:1], self._test_transform())
+        used = len(np.unique(np.concatenate([self.split.query, self.split.database,
+                                             self.split.train])))
+        rows = len(self.split.train) * self.cfg.cache.views + used
+        return rows * int(np.prod(probe.shape[1:])) * 2 / 2**30
+
     def _feature_key(self, kind: str, **extra: Any) -> dict[str, Any]:
         bb = self.cfg.backbone
         weights = bb.weights or (f"random-init-seed-{self.cfg.seed}" if bb.random_init else "pretrained")
