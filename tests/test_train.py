@@ -44,6 +44,10 @@ def test_run_directory_is_complete(tmp_path):
     env = json.loads((run / "environment.json").read_text())
     assert env["split_hashes"] and env["dataset"] and "torch" in env
     assert set(result.results["bits"]) == {"8", "16"}
+    saved = json.loads((run / "results.json").read_text())
+    # the effective hyper-parameters, defaults included, are recorded with the numbers
+    assert saved["method_config"]["neighbour_mode"] == "extra"
+    assert saved["method_config"]["lambda_rec"] == 0.1 and saved["optim"]["epochs"] == 2
     # evaluate from saved codes reproduces the run's numbers
     again = evaluate_run(run)
     assert again["16"]["map"] == pytest.approx(result.results["bits"]["16"]["map"])

@@ -16,7 +16,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -378,7 +378,10 @@ class _Trainer:
         ctx.setup()  # seeds, device, data, split, backbone, method
         method = ctx.method
         spec = resolve_optim(method, cfg.optim)
-        ctx.log_event("start", optim=spec.__dict__, device=str(ctx.device))
+        # every hyper-parameter in effect, defaults included: config.yaml holds only what was set
+        method_config = asdict(method.config) if is_dataclass(method.config) else {}
+        ctx.log_event("start", optim=spec.__dict__, method_config=method_config,
+                      device=str(ctx.device))
         t0 = time.perf_counter()
         epochs_log: list[dict[str, float]] = []
         images_seen = 0
@@ -395,6 +398,8 @@ class _Trainer:
                 return RunResult(ctx.run_dir, {}, epochs_log, train_time)
         ctx.save_model()
         results = ctx.evaluate()
+        results["method_config"] = method_config
+        results["optim"] = dict(spec.__dict__)
         results["train_seconds"] = round(train_time, 3)
         results["images_per_second"] = round(images_seen / train_time, 1) if train_time else 0.0
         results["total_seconds"] = round(time.perf_counter() - t0, 3)
