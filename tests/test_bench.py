@@ -174,6 +174,40 @@ def test_changed_config_is_refused_not_silently_reused(tmp_path):
                  plots=False, log=lambda m: None)
 
 
+class RecordingTrain(FakeTrain):
+    """Like train_run since runs record their effective method config in results.json."""
+
+    def __call__(self, cfg, run_dir, **kwargs):
+        from dataclasses import asdict
+
+        from contrahash.methods import METHODS
+        from contrahash.methods.base import make_config
+
+        out = super().__call__(cfg, run_dir, **kwargs)
+        out.results["method_config"] = asdict(make_config(METHODS[cfg.method], cfg.method_config))
+        write_json(Path(run_dir) / "results.json", out.results)
+        return out
+
+
+def test_default_written_out_is_the_same_config(tmp_path):
+    grid = load_grid(grid_file(tmp_path))
+    out = tmp_path / "out"
+    quiet = {"plots": False, "log": lambda m: None, "only": ["fdbh"]}
+    run_grid(grid, out, train_fn=RecordingTrain(), **quiet)
+    again = RecordingTrain()  # lambda_rec=0.1 is FDBH's default: same hyper-parameters
+    run_grid(grid, out, train_fn=again, overrides=["method_config.lambda_rec=0.1"], **quiet)
+    assert again.calls == []
+    with pytest.raises(GridError, match=r"fdbh-seed0.*different config.*lambda_rec"):
+        run_grid(grid, out, train_fn=RecordingTrain(), overrides=["method_config.lambda_rec=0.2"],
+                 **quiet)
+    # runs that did not record their effective config are compared as written
+    old_out = tmp_path / "old"
+    run_grid(grid, old_out, train_fn=FakeTrain(), **quiet)
+    with pytest.raises(GridError, match="lambda_rec"):
+        run_grid(grid, old_out, train_fn=FakeTrain(), overrides=["method_config.lambda_rec=0.1"],
+                 **quiet)
+
+
 def test_failed_cell_is_recorded_and_others_run(tmp_path):
     grid = load_grid(grid_file(tmp_path))
     fake = FakeTrain(fail={"fdbh-seed1"})

@@ -347,12 +347,42 @@ def check_same_config(cell: Cell) -> None:
         raise GridError(f"{path}: cannot read the existing run's config ({exc})") from None
     new = config_to_dict(cell.config)
     diffs = [k for k in _diff_keys(old, new) if k not in _LOCATION_KEYS]
+    if diffs and all(k.startswith("method_config.") for k in diffs) and (
+        _same_effective_method_config(cell)
+    ):
+        diffs = []  # spelled differently (e.g. a default written out), same hyper-parameters
     if diffs:
         shown = ", ".join(f"{k}: {_get(old, k)!r} -> {_get(new, k)!r}" for k in diffs[:6])
         raise GridError(
             f"cell {cell.id}: {cell.run_dir} holds a run made with a different config "
             f"({shown}); delete that directory to recompute it, or choose another --out"
         )
+
+
+def _same_effective_method_config(cell: Cell) -> bool:
+    """Whether the run recorded (results.json or its start event) the very method
+    hyper-parameters, defaults included, that the cell's config resolves to now."""
+    from dataclasses import asdict  # noqa: PLC0415
+
+    from contrahash.methods import METHODS
+    from contrahash.methods.base import make_config
+
+    recorded = None
+    results = cell.run_dir / "results.json"
+    if results.is_file():
+        recorded = json.loads(results.read_text()).get("method_config")
+    events = cell.run_dir / "events.jsonl"
+    if recorded is None and events.is_file():
+        starts = [json.loads(line) for line in events.read_text().splitlines()
+                  if '"start"' in line]
+        recorded = next((e.get("method_config") for e in starts if e.get("event") == "start"), None)
+    if recorded is None or cell.config.method not in METHODS:
+        return False  # runs from before effective configs were recorded: compare as written
+    try:
+        effective = asdict(make_config(METHODS[cell.config.method], cell.config.method_config))
+    except (TypeError, ValueError):
+        return False
+    return json.loads(json.dumps(effective)) == recorded
 
 
 def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
