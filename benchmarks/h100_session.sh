@@ -20,4 +20,5 @@ tar czf "$OUT/bench.tgz" --exclude='*.safetensors' --exclude='*.pt' --exclude='c
 if [ "${SPEED:-1}" = 1 ]; then  # eager, then torch.compile'd backbone
   timeout 120 python3 benchmarks/train_speed.py --backbone vgg16 --random-init ${SPEED_ARGS:-} 2>&1 | tail -4 | tee "$OUT/train_speed.txt"
   timeout 240 python3 benchmarks/train_speed.py --backbone vgg16 --random-init --compile ${SPEED_ARGS:-} 2>&1 | tail -4 | tee "$OUT/train_speed_compile.txt"
+  timeout 240 python3 benchmarks/train_speed.py --backbone vgg16 --random-init --compile --compile-mode reduce-overhead ${SPEED_ARGS:-} 2>&1 | tail -4 | tee "$OUT/train_speed_cudagraphs.txt"
 fi

@@ -39,6 +39,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="timed training steps")
     ap.add_argument("--bits", type=int, default=64)
     ap.add_argument("--compile", action="store_true", help="torch.compile the backbone")
+    ap.add_argument("--compile-mode", default="default",
+                    help="torch.compile mode: default, reduce-overhead (CUDA graphs), max-autotune")
     ap.add_argument("--finetune-blocks", type=int, default=0)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
@@ -53,7 +55,7 @@ def main() -> None:
     if device.type == "cuda":
         backbone = backbone.to(memory_format=torch.channels_last)
     if args.compile:
-        backbone.forward = torch.compile(backbone.forward)
+        backbone.forward = torch.compile(backbone.forward, mode=args.compile_mode)
     method = build_method("cibhash", backbone.feature_dim, [args.bits]).to(device)
     gen = torch.Generator(device=device.type).manual_seed(0)
     n = args.batch * (steps + 5)

@@ -45,3 +45,9 @@ def test_bad_values_are_named(tmp_path):
     broken.write_text("method: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         resolve_config(broken)
+
+
+def test_compile_mode_is_checked():
+    assert resolve_config(None, ["compile=true", "compile_mode=reduce-overhead"]).compile_mode == "reduce-overhead"
+    with pytest.raises(ConfigError, match="compile_mode: expected one of default"):
+        resolve_config(None, ["compile_mode=fastest"])

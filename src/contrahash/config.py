@@ -16,6 +16,8 @@ from typing import Any, get_type_hints
 
 import yaml
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
 
 class ConfigError(ValueError):
     """A configuration file or override names an unknown field or an invalid value."""
@@ -105,6 +107,9 @@ class TrainConfig:
     channels_last: bool = True
     #: torch.compile the backbone's forward (training, feature extraction and encoding)
     compile: bool = False
+    #: torch.compile mode when ``compile`` is set: "default", "reduce-overhead" (CUDA graphs),
+    #: "max-autotune", "max-autotune-no-cudagraphs"
+    compile_mode: str = "default"
     seed: int = 0
     eval_batch_size: int = 512
     #: deterministic CPU kernels (for bit-identical resume checks); slower
@@ -229,7 +234,11 @@ def resolve_config(
         keys, value = parse_override(text)
         _merge(values, keys, value)
     try:
-        return _build(TrainConfig, values)
+        cfg = _build(TrainConfig, values)
+        if cfg.compile_mode not in COMPILE_MODES:
+            raise ConfigError(f"compile_mode: expected one of {', '.join(COMPILE_MODES)}, "
+                              f"got {cfg.compile_mode!r}")
+        return cfg
     except ConfigError as exc:
         where = f"{path}: " if path else ""
         raise ConfigError(f"{where}{exc}") from None

@@ -158,7 +158,8 @@ class RunContext:
             # compile the bound forward(s), not the module: state_dict keys stay unchanged
             for name in ("forward", "forward_tokens"):
                 if hasattr(self.backbone, name):
-                    setattr(self.backbone, name, torch.compile(getattr(self.backbone, name)))
+                    setattr(self.backbone, name,
+                            torch.compile(getattr(self.backbone, name), mode=cfg.compile_mode))
         self.image_size = bb.image_size or self.backbone.input_size
         from contrahash.methods import METHODS
 
