@@ -371,11 +371,8 @@ def _same_effective_method_config(cell: Cell) -> bool:
     results = cell.run_dir / "results.json"
     if results.is_file():
         recorded = json.loads(results.read_text()).get("method_config")
-    events = cell.run_dir / "events.jsonl"
-    if recorded is None and events.is_file():
-        starts = [json.loads(line) for line in events.read_text().splitlines()
-                  if '"start"' in line]
-        recorded = next((e.get("method_config") for e in starts if e.get("event") == "start"), None)
+    if recorded is None:
+        recorded = (_start_event(cell.run_dir) or {}).get("method_config")
     if recorded is None or cell.config.method not in METHODS:
         return False  # runs from before effective configs were recorded: compare as written
     try:
@@ -843,22 +840,29 @@ def _trainable(method: str) -> bool | None:
         return None
 
 
+def _start_event(run_dir: Path) -> dict[str, Any] | None:
+    """The first readable "start" record of a run's events.jsonl (optimiser, method config)."""
+    path = run_dir / "events.jsonl"
+    if not path.is_file():
+        return None
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and rec.get("event") == "start":
+            return rec
+    return None
+
+
 def _epochs_of(o: CellOutcome) -> Any:
     """Epochs actually used: the run's start event, else the config, else the method default
     ('–' for training-free methods such as ITQ/LSH)."""
     if _trainable(o.cell.config.method) is False:
         return "–"
-    path = o.cell.run_dir / "events.jsonl"
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if rec.get("event") == "start" and isinstance(rec.get("optim"), dict):
-                epochs = rec["optim"].get("epochs")
-                if epochs is not None:
-                    return epochs
+    start = _start_event(o.cell.run_dir) or {}
+    if isinstance(start.get("optim"), dict) and start["optim"].get("epochs") is not None:
+        return start["optim"]["epochs"]
     epochs = o.cell.config.optim.get("epochs")
     if epochs is not None:
         return epochs

@@ -180,6 +180,7 @@ class RunContext:
             self.use_cache = self._token_cache_gib() <= cfg.cache.max_token_gib
         self.cache = self.shared_cache or FeatureCache(cfg.cache.dir)
         self._images_on_device: torch.Tensor | None = None
+        self._pool_features: torch.Tensor | None = None
         if not record_environment:
             return
         env = environment_info(self.device)
@@ -194,10 +195,12 @@ class RunContext:
     def _token_cache_gib(self) -> float:
         """Size of a token-grid cache for this run: training views plus evaluated images."""
         probe = self._extract(self.split.train[:1], self._test_transform())
-        used = len(np.unique(np.concatenate([self.split.query, self.split.database,
-                                             self.split.train])))
-        rows = len(self.split.train) * self.cfg.cache.views + used
+        rows = len(self.split.train) * self.cfg.cache.views + len(self._used_indices())
         return rows * int(np.prod(probe.shape[1:])) * 2 / 2**30
+
+    def _used_indices(self) -> np.ndarray:
+        """Dataset indices of every image the split uses (query ∪ database ∪ train), sorted."""
+        return np.unique(np.concatenate([self.split.query, self.split.database, self.split.train]))
 
     def _feature_key(self, kind: str, **extra: Any) -> dict[str, Any]:
         bb = self.cfg.backbone
@@ -218,8 +221,7 @@ class RunContext:
         order; ``indices`` are dataset indices.
         """
         if self._clean is None:
-            used = np.unique(np.concatenate([self.split.query, self.split.database,
-                                             self.split.train]))
+            used = self._used_indices()
             self._clean_row = np.full(len(self.dataset.images), -1, dtype=np.int64)
             self._clean_row[used] = np.arange(len(used))
 
@@ -356,7 +358,9 @@ class RunContext:
             return np.vectorize(lambda i: row[int(i)])(neighbours), None
         row = {int(i): r for r, i in enumerate(pool)}
         pool_rows = np.vectorize(lambda i: row[int(i)])(neighbours)
-        return pool_rows, torch.as_tensor(np.asarray(self.clean_features(pool)))
+        if self._pool_features is None:  # frozen features: the same at every re-mining
+            self._pool_features = torch.as_tensor(np.asarray(self.clean_features(pool)))
+        return pool_rows, self._pool_features
 
     def neighbours_for_images(self, refresh_epoch: int | None = None) -> np.ndarray | None:
         mined = self._mine(refresh_epoch)

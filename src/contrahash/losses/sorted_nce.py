@@ -16,7 +16,7 @@ def sorted_nce_loss(
     n_positives: int = 2,
     temperature: float = 0.3,
     sort_temperature: float | None = None,
-    chunk: int = 64,
+    chunk: int = 16,
 ) -> torch.Tensor:
     """NSH's SortedNCE, literally as docs/methods.md.
 

@@ -21,10 +21,10 @@ Design (docs/methods.md, "FDBH"); every component has a switch for the ablation 
    positive next to the image's own second view (with probability ``neighbour_prob``, else a
    third augmentation of the image), weighted ``neighbour_weight`` in the contrastive loss.
    ``neighbour_mode="replace"`` (the spec's lever, use ``neighbour_prob=0.5``): the second
-   view itself is replaced by the neighbour with probability ``neighbour_prob``. ``neighbour_refresh`` = R > 0 re-mines the neighbours every R epochs
-   by cosine of the model being trained (:meth:`FDBH.embed`: the standardised
-   pre-quantisation outputs, with the fine-tuned backbone when there is one) instead of the
-   frozen features. No labels are used. Set ``neighbour_prob=0`` to switch it off.
+   view itself is replaced by the neighbour with probability ``neighbour_prob``.
+   ``neighbour_refresh`` = R > 0 re-mines the neighbours every R epochs by cosine of the
+   model being trained (:meth:`FDBH.embed`: the standardised pre-quantisation outputs, with
+   the fine-tuned backbone when there is one) instead of the frozen features. No labels are used. Set ``neighbour_prob=0`` to switch it off.
 
 Test code: sign(û) with running statistics (sign(u) when FDO is off or Bi-half).
 """
