@@ -19,7 +19,7 @@ import torch
 
 from contrahash.augment import test_transform, view_augmenters
 from contrahash.backbones import build_backbone
-from contrahash.features import autocast_for, backbone_inputs
+from contrahash.features import autocast_dtype, autocast_for, backbone_inputs
 from contrahash.methods import OptimSpec, StepInfo, build_method
 from contrahash.train import make_image_forward, make_optimizer, run_epoch, train_on_features
 
@@ -42,6 +42,9 @@ def main() -> None:
     ap.add_argument("--compile-mode", default="default",
                     help="torch.compile mode: default, reduce-overhead (CUDA graphs), max-autotune")
     ap.add_argument("--finetune-blocks", type=int, default=0)
+    ap.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
+                    help="bf16 autocast where native (CUDA; CPUs with AVX512-BF16/AMX)")
+    ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
     device = torch.device(args.device)
@@ -52,7 +55,7 @@ def main() -> None:
     steps = args.steps or (60 if device.type == "cuda" else 3)
     backbone = build_backbone(args.backbone, weights=args.weights, random_init=args.random_init,
                               finetune_blocks=args.finetune_blocks).to(device)
-    if device.type == "cuda":
+    if args.channels_last:
         backbone = backbone.to(memory_format=torch.channels_last)
     if args.compile:
         backbone.forward = torch.compile(backbone.forward, mode=args.compile_mode)
@@ -61,7 +64,8 @@ def main() -> None:
     n = args.batch * (steps + 5)
     images = torch.randint(0, 256, (n, 32, 32, 3), dtype=torch.uint8, generator=None).to(device)
     augmenters = view_augmenters("contrastive", args.size, 2)
-    forward = make_image_forward(backbone, augmenters, device, generator=gen)
+    forward = make_image_forward(backbone, augmenters, device, amp=args.amp,
+                                 channels_last=args.channels_last, generator=gen)
     optimizer = make_optimizer(OptimSpec(), list(method.parameters()),
                                [p for p in backbone.parameters() if p.requires_grad])
 
@@ -78,8 +82,10 @@ def main() -> None:
     run_epoch(method, optimizer, batches(steps), StepInfo(), forward, trainables=trainables)
     _sync(device)
     train_rate = steps * args.batch / (time.perf_counter() - t)
+    dtype = autocast_dtype(device, args.amp)
     print(f"train: {train_rate:,.0f} img/s ({2 * train_rate:,.0f} views/s), "
-          f"{args.backbone} {args.size}px batch {args.batch}, device {device}")
+          f"{args.backbone} {args.size}px batch {args.batch}, device {device}, "
+          f"{'fp32' if dtype is None else dtype}, channels_last={args.channels_last}")
 
     enc_batch = 512 if device.type == "cuda" else 64
     enc_steps = 20 if device.type == "cuda" else 2
@@ -88,8 +94,9 @@ def main() -> None:
 
     def encode_once(i: int) -> None:
         rows = torch.arange(i * enc_batch, (i + 1) * enc_batch, device=device) % n
-        with torch.no_grad(), autocast_for(device):
-            x = backbone_inputs(backbone, images[rows], lambda b: test_transform(b, args.size), device)
+        with torch.no_grad(), autocast_for(device, args.amp):
+            x = backbone_inputs(backbone, images[rows], lambda b: test_transform(b, args.size), device,
+                                args.channels_last)
             method.encode(backbone(x).float())
 
     encode_once(0)

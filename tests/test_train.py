@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from contrahash.config import resolve_config
-from contrahash.features import FeatureCache
+from contrahash.features import FeatureCache, autocast_dtype, autocast_for
 from contrahash.methods import OptimSpec, build_method
 from contrahash.runs import RunContext, encode_run, evaluate_run
 from contrahash.train import TrainingError, feature_view_batches, mine_neighbours, train_run
@@ -227,3 +227,32 @@ def test_cached_views_keep_their_recipe_roles():
     for batch, _ in feature_view_batches(views, 4, 3, g, recipes=3):
         for p in range(3):
             assert ((batch[p].flatten().long() % 3) == p).all()
+
+
+def test_cpu_bf16_follows_amp_and_the_override(monkeypatch):
+    monkeypatch.setenv("CONTRAHASH_CPU_BF16", "1")
+    assert autocast_dtype("cpu") is torch.bfloat16 and autocast_dtype("cpu", enabled=False) is None
+    with autocast_for("cpu"):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    monkeypatch.setenv("CONTRAHASH_CPU_BF16", "0")
+    assert autocast_dtype("cpu") is None and autocast_dtype("cuda") is torch.bfloat16
+    with autocast_for("cpu"):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+
+
+@pytest.mark.parametrize(("amp", "native", "precision"),
+                         [("true", "1", "bfloat16"), ("true", "0", "fp32"), ("false", "1", "fp32")])
+def test_feature_cache_key_names_the_precision(tmp_path, monkeypatch, amp, native, precision):
+    monkeypatch.setenv("CONTRAHASH_CPU_BF16", native)
+    cfg = _cfg(tmp_path, "method=cibhash", "optim.epochs=1", f"amp={amp}")
+    result = train_run(cfg, tmp_path / "run", progress=False)
+    ctx = RunContext.open(result.run_dir)
+    assert ctx._feature_key("clean")["precision"] == precision
+
+
+def test_bf16_and_fp32_features_never_share_a_cache_file(tmp_path, monkeypatch):
+    for native in ("1", "0"):
+        monkeypatch.setenv("CONTRAHASH_CPU_BF16", native)
+        train_run(_cfg(tmp_path, "method=cibhash", "optim.epochs=1"), tmp_path / f"run{native}",
+                  progress=False)
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 4  # clean + views, per precision

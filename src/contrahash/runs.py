@@ -32,7 +32,7 @@ import torch
 import yaml
 
 from contrahash.config import TrainConfig, config_to_dict, resolve_config
-from contrahash.features import FeatureCache, extract_features
+from contrahash.features import FeatureCache, autocast_dtype, extract_features
 from contrahash.io import append_jsonl, atomic_write, write_json, write_npz, write_text
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -152,7 +152,7 @@ class RunContext:
         self.backbone = build_backbone(bb.name, weights=bb.weights, random_init=bb.random_init,
                                        finetune_blocks=bb.finetune_blocks, image_size=bb.image_size)
         self.backbone.to(self.device)
-        if cfg.channels_last and self.device.type == "cuda":
+        if cfg.channels_last:
             self.backbone.to(memory_format=torch.channels_last)
         if cfg.compile:
             # compile the bound forward(s), not the module: state_dict keys stay unchanged
@@ -205,8 +205,10 @@ class RunContext:
     def _feature_key(self, kind: str, **extra: Any) -> dict[str, Any]:
         bb = self.cfg.backbone
         weights = bb.weights or (f"random-init-seed-{self.cfg.seed}" if bb.random_init else "pretrained")
+        dtype = autocast_dtype(self.device, self.cfg.amp)
         return {"backbone": bb.name, "weights": weights, "size": self.image_size,
-                "dataset": self.dataset.fingerprint, "kind": kind, "tokens": self.tokens, **extra}
+                "dataset": self.dataset.fingerprint, "kind": kind, "tokens": self.tokens,
+                "precision": "fp32" if dtype is None else str(dtype).removeprefix("torch."), **extra}
 
     def _test_transform(self):
         from contrahash.augment import test_transform
