@@ -21,6 +21,7 @@ from contrahash.augment import test_transform, view_augmenters
 from contrahash.backbones import build_backbone
 from contrahash.features import autocast_dtype, autocast_for, backbone_inputs
 from contrahash.methods import OptimSpec, StepInfo, build_method
+from contrahash.runtime import tune_cpu_allocator
 from contrahash.train import make_image_forward, make_optimizer, run_epoch, train_on_features
 
 
@@ -46,8 +47,12 @@ def main() -> None:
                     help="bf16 autocast where native (CUDA; CPUs with AVX512-BF16/AMX)")
     ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--malloc-tuning", action=argparse.BooleanOptionalAction, default=True,
+                    help="keep freed blocks in glibc's heap on CPU (contrahash.runtime)")
     args = ap.parse_args()
     device = torch.device(args.device)
+    if device.type == "cpu" and args.malloc_tuning:
+        tune_cpu_allocator()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True

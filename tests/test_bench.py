@@ -371,3 +371,31 @@ def test_peak_memory_cuda():
         del x
     assert mem.values["peak_memory_kind"] == "cuda_max_memory_allocated"
     assert mem.values["peak_memory_bytes"] >= 256 * 2**20
+
+
+def test_quick_skip_leaves_rows_out_of_the_quick_grid_only(tmp_path):
+    grid = parse_grid({**GRID, "quick_skip": ["cib"]}, source="grid.yaml")
+    out = tmp_path / "out"
+    assert [c.label for c in bench.enumerate_cells(grid, out)].count("cib") == 2
+    quick = bench.enumerate_cells(grid, out, quick=True)
+    assert [c.id for c in quick] == ["fdbh-seed0", "fdbh-seed1", "itq-seed0", "itq-seed1"]
+    asked = bench.enumerate_cells(grid, out, quick=True, only=["cib"])  # --only wins
+    assert [c.id for c in asked] == ["cib-seed0", "cib-seed1"]
+    run_grid(grid, out, train_fn=FakeTrain(), plots=False, log=lambda m: None, quick=True)
+    md = (out / "results.md").read_text()
+    assert "leaves out (`quick_skip`): cib" in md and "| cib |" not in md
+    with pytest.raises(GridError, match=r"quick_skip: unknown row\(s\) \['nope'\]"):
+        parse_grid({**GRID, "quick_skip": ["nope"]}, source="grid.yaml")
+    with pytest.raises(GridError, match="list of row labels"):
+        parse_grid({**GRID, "quick_skip": {"cib": 1}}, source="grid.yaml")
+
+
+def test_eval_batch_size_does_not_block_resume(tmp_path):
+    grid = parse_grid(GRID, source="grid.yaml")
+    cells = bench.enumerate_cells(grid, tmp_path / "out", only=["itq"])
+    run_grid(grid, tmp_path / "out", train_fn=FakeTrain(), plots=False, log=lambda m: None,
+             only=["itq"])
+    again = bench.enumerate_cells(grid, tmp_path / "out", only=["itq"], overrides=["eval_batch_size=32"])
+    for cell in again:
+        bench.check_same_config(cell)  # no GridError: batching does not define a run
+    assert cells[0].config.eval_batch_size is None

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import platform
+import sys
 
 import numpy as np
 import pytest
@@ -256,3 +258,21 @@ def test_bf16_and_fp32_features_never_share_a_cache_file(tmp_path, monkeypatch):
         train_run(_cfg(tmp_path, "method=cibhash", "optim.epochs=1"), tmp_path / f"run{native}",
                   progress=False)
     assert len(list((tmp_path / "cache").glob("*.npy"))) == 4  # clean + views, per precision
+
+
+def test_cpu_allocator_tuning_is_idempotent_and_can_be_turned_off(monkeypatch):
+    from contrahash import runtime
+
+    monkeypatch.setattr(runtime, "_tuned", None)
+    monkeypatch.setenv("CONTRAHASH_MALLOC_TUNING", "0")
+    assert runtime.tune_cpu_allocator() is False
+    monkeypatch.setattr(runtime, "_tuned", None)
+    monkeypatch.delenv("CONTRAHASH_MALLOC_TUNING")
+    first = runtime.tune_cpu_allocator()
+    assert first is (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc")
+    assert runtime.tune_cpu_allocator() is first
+
+
+def test_cpu_extraction_batch_defaults_to_64(tmp_path):
+    result = train_run(_cfg(tmp_path, "method=itq"), tmp_path / "itq", progress=False)
+    assert RunContext.open(result.run_dir).eval_batch_size == 64

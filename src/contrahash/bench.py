@@ -17,6 +17,7 @@ A grid file (YAML) names a shared base config and the rows of the paper's table:
     quick:                # the --quick preset, applied on top of every row
       backbone.image_size: 64
       optim.epochs: 10
+    quick_skip: [fdbh-ft] # rows --quick leaves out (e.g. they only differ by what it turns off)
     out_dir: results/cifar10-1   # optional default for --out
 
 A *cell* is one row × one seed; one training run covers every code length of its row (the
@@ -95,11 +96,12 @@ class GridError(ConfigError):
 
 
 #: top-level keys a grid file may hold
-GRID_KEYS = ("name", "description", "base", "seeds", "methods", "quick", "out_dir")
+GRID_KEYS = ("name", "description", "base", "seeds", "methods", "quick", "quick_skip", "out_dir")
 #: P@N cut-offs reported in the CSV (when the run's report has them)
 PRECISION_NS = (100, 500, 1000)
-#: config keys that locate a run rather than define it (ignored when comparing configs)
-_LOCATION_KEYS = ("name", "out_dir", "cache.dir")
+#: config keys that locate or merely batch a run rather than define it (ignored when comparing
+#: configs)
+_LOCATION_KEYS = ("name", "out_dir", "cache.dir", "eval_batch_size")
 #: keys the grid sets per cell; a key=value override of them is refused with this reason
 _GRID_OWNED = {
     "seed": "seeds come from the grid file's 'seeds' list",
@@ -121,6 +123,8 @@ class Grid:
     methods: dict[str, list[tuple[list[str], Any]]]
     seeds: list[int] = field(default_factory=lambda: [0])
     quick: list[tuple[list[str], Any]] = field(default_factory=list)
+    #: rows --quick leaves out (a row given to --only still runs)
+    quick_skip: list[str] = field(default_factory=list)
     description: str = ""
     out_dir: str | None = None
     source: Path | None = None
@@ -202,6 +206,14 @@ def parse_grid(data: Mapping[str, Any], source: str | os.PathLike | None = None)
     quick = data.get("quick") or {}
     if not isinstance(quick, Mapping):
         raise GridError(f"{where}: 'quick' must be a mapping of overrides")
+    quick_skip = data.get("quick_skip") or []
+    if isinstance(quick_skip, str):
+        quick_skip = [quick_skip]
+    if not isinstance(quick_skip, list) or not all(isinstance(lab, str) for lab in quick_skip):
+        raise GridError(f"{where}: 'quick_skip' must be a list of row labels, got {quick_skip!r}")
+    unknown_skip = [lab for lab in quick_skip if lab not in methods]
+    if unknown_skip:
+        raise GridError(f"{where}: quick_skip: unknown row(s) {unknown_skip}; rows: {list(methods)}")
     sections = [("base", list(_expand(base, "base", where))), ("quick", list(_expand(quick, "quick", where))),
                 *((f"methods.{lab}", items) for lab, items in methods.items())]
     for section, items in sections:
@@ -213,7 +225,8 @@ def parse_grid(data: Mapping[str, Any], source: str | os.PathLike | None = None)
     out_dir = data.get("out_dir")
     return Grid(
         name=str(name), base=dict(base), methods=methods, seeds=list(seeds),
-        quick=list(_expand(quick, "quick", where)), description=str(data.get("description") or ""),
+        quick=list(_expand(quick, "quick", where)), quick_skip=list(quick_skip),
+        description=str(data.get("description") or ""),
         out_dir=str(out_dir) if out_dir else None,
         source=Path(source) if source is not None else None,
     )
@@ -295,8 +308,11 @@ def enumerate_cells(grid: Grid, out_dir: str | os.PathLike, *, quick: bool = Fal
     """Every cell in table order (rows as in the file, then seeds), configs resolved up front.
 
     Resolving all configs before anything runs makes a typo in the last row fail at once.
+    With ``quick``, the grid's ``quick_skip`` rows are left out unless ``only`` names them.
     """
     labels = grid.labels
+    if quick and not only:
+        labels = [lab for lab in labels if lab not in grid.quick_skip]
     if only:
         wanted = [s.strip() for s in only if s.strip()]
         missing = [s for s in wanted if s not in grid.methods]
@@ -911,6 +927,9 @@ def render_markdown(outcomes: Sequence[CellOutcome], summary: Mapping[str, Any],
         f"- device: {', '.join(devices) or '–'}",
         f"- preset: {'**--quick** (reduced: ' + _quick_text(grid) + ')' if quick else 'full (not --quick)'}",
     ]
+    skipped = [lab for lab in grid.quick_skip if lab not in labels] if quick else []
+    if skipped:
+        lines.append(f"- rows the quick preset leaves out (`quick_skip`): {', '.join(skipped)}")
     if context.get("overrides"):
         lines.append(f"- overrides: `{' '.join(context['overrides'])}`")
     lines += [f"- command: `{context.get('command', '')}`", ""]

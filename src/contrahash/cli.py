@@ -39,6 +39,9 @@ for _name in _COMMAND_MODULES:
 
 def main() -> None:
     """Console-script entry point."""
+    from contrahash.runtime import tune_cpu_allocator
+
+    tune_cpu_allocator()  # before any tensor work: see contrahash.runtime
     app()
 
 

@@ -111,7 +111,9 @@ class TrainConfig:
     #: "max-autotune", "max-autotune-no-cudagraphs"
     compile_mode: str = "default"
     seed: int = 0
-    eval_batch_size: int = 512
+    #: images per backbone forward when extracting features / encoding; None = 512 on CUDA,
+    #: 64 on CPU (smaller batches stay in cache there: 174 vs 113 img/s at 224 px on 2 cores)
+    eval_batch_size: int | None = None
     #: deterministic CPU kernels (for bit-identical resume checks); slower
     deterministic: bool = False
     #: "query": the protocol's queries against its database (the published number);

@@ -34,6 +34,7 @@ import yaml
 from contrahash.config import TrainConfig, config_to_dict, resolve_config
 from contrahash.features import FeatureCache, autocast_dtype, extract_features
 from contrahash.io import append_jsonl, atomic_write, write_json, write_npz, write_text
+from contrahash.runtime import tune_cpu_allocator
 
 CHECKPOINT = "checkpoint.safetensors"
 CHECKPOINT_STATE = "checkpoint_state.pt"
@@ -152,6 +153,9 @@ class RunContext:
         self.backbone = build_backbone(bb.name, weights=bb.weights, random_init=bb.random_init,
                                        finetune_blocks=bb.finetune_blocks, image_size=bb.image_size)
         self.backbone.to(self.device)
+        if self.device.type == "cpu":
+            tune_cpu_allocator()
+        self.eval_batch_size = cfg.eval_batch_size or (512 if self.device.type == "cuda" else 64)
         if cfg.channels_last:
             self.backbone.to(memory_format=torch.channels_last)
         if cfg.compile:
@@ -278,7 +282,7 @@ class RunContext:
         images = self._device_images()
         images = self.dataset.images if images is None else images
         return extract_features(self.backbone, images, indices, transform, device=self.device,
-                                batch_size=self.cfg.eval_batch_size, amp=self.cfg.amp,
+                                batch_size=self.eval_batch_size, amp=self.cfg.amp,
                                 tokens=self.tokens, generator=generator, out=out, start=start)
 
     def _device_images(self):
