@@ -103,7 +103,10 @@ class TrainConfig:
     #: overrides of the augmentation recipe parameters (e.g. flip_p: 0 for digits)
     augment: dict[str, Any] = field(default_factory=dict)
     device: str = "auto"
+    #: bf16 autocast of backbone forwards where bf16 is native: CUDA, and CPUs with
+    #: AVX512-BF16/AMX (``CONTRAHASH_CPU_BF16=0/1`` overrides the CPU detection); else fp32
     amp: bool = True
+    #: channels-last tensors for the backbone (CUDA and CPU)
     channels_last: bool = True
     #: torch.compile the backbone's forward (training, feature extraction and encoding)
     compile: bool = False
