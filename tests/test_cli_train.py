@@ -33,3 +33,13 @@ def test_bad_key_and_bad_resume_are_clean_errors(tmp_path):
     assert res.exit_code == 2 and "not a run directory" in res.output
     res = runner.invoke(app, ["train", *BASE, "data.source=/nonexistent/x.npz", f"out_dir={tmp_path}"])
     assert res.exit_code == 2 and "/nonexistent/x.npz" in res.output
+
+
+def test_demo_defaults_to_a_new_directory_each_time(monkeypatch):
+    from contrahash import demo
+
+    seen = []
+    monkeypatch.setattr(demo, "run_demo", lambda out_dir, epochs, console: seen.append(out_dir))
+    for _ in range(2):
+        assert runner.invoke(app, ["demo", "--epochs", "1"]).exit_code == 0
+    assert seen == [None, None]  # run_demo picks runs/demo-<time>: `make demo` can run twice

@@ -98,7 +98,8 @@ def encode_command(
 
 
 def demo_command(
-    out_dir: Annotated[Path, typer.Option("--out-dir", help="where runs and the picture go")] = Path("runs/demo"),
+    out_dir: Annotated[Path | None, typer.Option(
+        "--out-dir", help="where runs and the picture go (default: a new runs/demo-<time>)")] = None,
     epochs: Annotated[int, typer.Option(help="FDBH epochs")] = 40,
 ) -> None:
     """Train FDBH on the embedded digits (CPU, minutes), compare with ITQ and LSH, draw results."""
