@@ -19,7 +19,12 @@ import torch
 
 from contrahash.augment import test_transform, view_augmenters
 from contrahash.backbones import build_backbone
-from contrahash.features import autocast_dtype, autocast_for, backbone_inputs
+from contrahash.features import (
+    autocast_dtype,
+    autocast_for,
+    backbone_inputs,
+    default_eval_batch_size,
+)
 from contrahash.methods import OptimSpec, StepInfo, build_method
 from contrahash.runtime import tune_cpu_allocator
 from contrahash.train import make_image_forward, make_optimizer, run_epoch, train_on_features
@@ -92,7 +97,7 @@ def main() -> None:
           f"{args.backbone} {args.size}px batch {args.batch}, device {device}, "
           f"{'fp32' if dtype is None else dtype}, channels_last={args.channels_last}")
 
-    enc_batch = 512 if device.type == "cuda" else 64
+    enc_batch = default_eval_batch_size(device)
     enc_steps = 20 if device.type == "cuda" else 2
     method.eval()
     backbone.eval()

@@ -32,7 +32,12 @@ import torch
 import yaml
 
 from contrahash.config import TrainConfig, config_to_dict, resolve_config
-from contrahash.features import FeatureCache, autocast_dtype, extract_features
+from contrahash.features import (
+    FeatureCache,
+    autocast_dtype,
+    default_eval_batch_size,
+    extract_features,
+)
 from contrahash.io import append_jsonl, atomic_write, write_json, write_npz, write_text
 from contrahash.runtime import tune_cpu_allocator
 
@@ -155,7 +160,7 @@ class RunContext:
         self.backbone.to(self.device)
         if self.device.type == "cpu":
             tune_cpu_allocator()
-        self.eval_batch_size = cfg.eval_batch_size or (512 if self.device.type == "cuda" else 64)
+        self.eval_batch_size = cfg.eval_batch_size or default_eval_batch_size(self.device)
         if cfg.channels_last:
             self.backbone.to(memory_format=torch.channels_last)
         if cfg.compile:
