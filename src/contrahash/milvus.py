@@ -1,0 +1,621 @@
+"""A Milvus search backend for binary codes: :class:`MilvusIndex` (optional extra ``milvus``).
+
+Install with ``pip install 'contrahash[milvus]'`` (pymilvus 2.5 and milvus-lite 2.5.1; the
+3.x milvus-lite releases dropped binary vectors).
+
+``MilvusIndex`` mirrors :class:`contrahash.index.HammingIndex` (``add``, ``search``, ``len``)
+but keeps the codes in a Milvus collection:
+
+* ``uri="path/codes.db"``: an embedded Milvus Lite database in one local file (a server
+  process that pymilvus starts and this class stops on :meth:`MilvusIndex.close`). Milvus
+  Lite opens a ``.db`` file in one process at a time, and it only has the exact ``BIN_FLAT``
+  index.
+* ``uri="http://host:19530"``: a Milvus standalone or cluster server (``BIN_FLAT``, or the
+  approximate ``BIN_IVF_FLAT`` with ``nlist`` / ``nprobe``).
+
+Storage
+-------
+One collection per index: an ``INT64`` primary key ``id`` (the item id, not auto-generated)
+and a ``BINARY_VECTOR`` field ``code`` searched with the ``HAMMING`` metric. The vector holds
+the packed code (:func:`contrahash.index.pack_codes`: big-endian bits within a byte). Milvus
+needs a binary dimension that is a multiple of 8, so a ``bits``-bit code is stored as a
+``8 * ceil(bits / 8)``-dimensional vector whose trailing padding bits are zero: zero padding
+changes no Hamming distance. The true ``bits`` is recorded in the collection's description
+(``contrahash bits=<bits>``), so reopening with another code length is refused even when
+both lengths pad to the same dimension.
+
+Ranking and ties
+----------------
+``search`` ranks by ``(Hamming distance, id)``, exactly like ``HammingIndex`` ranks by
+``(distance, insertion position)`` when ids are assigned in insertion order (the default).
+Milvus itself breaks ties in its own order and, at the ``k``-th distance, may return *any*
+of the tied items. With ``BIN_FLAT`` the result is made identical to faiss'
+``IndexBinaryFlat``:
+
+1. each query asks Milvus for ``L = min(n, 2k + 64, 16384)`` neighbours (16384 is Milvus'
+   top-k cap). Every item closer than the ``L``-th returned distance is among them.
+   If the ``L``-th distance is larger than the ``k``-th one (or ``L`` covers the whole
+   collection), the group of items at the ``k``-th distance ``D`` is complete: sort by
+   ``(distance, id)`` and cut at ``k``.
+2. otherwise one range search per distinct ``D`` (the queries sharing it batched together)
+   fetches the whole group at distance exactly ``D`` (``D <= distance < D + 1``).
+3. a group of more than 16384 items is read in id windows (a filter ``lo <= id < hi``,
+   narrowed until a window returns fewer than 16384 items) until the ``k - (items closer
+   than D)`` smallest ids are known.
+
+Cost: step 1 returns about twice ``k`` hits per query; a query whose tie group straddles
+``L`` costs a second scan of the collection (step 2) that returns its whole tie group; step 3
+only happens for tie groups larger than 16384 items (a few range searches per such query).
+On 1M random 64-bit codes no query of k = 10 or k = 1000 needs step 2; codes with few
+distinct values (big tie groups) need it often (see ``benchmarks/milvus_search.py``).
+Distances always equal faiss'; ids too, for ``BIN_FLAT``.
+``BIN_IVF_FLAT`` is approximate: its results are sorted by ``(distance, id)`` but not
+completed, and may hold fewer than ``k`` items (padding slots as below).
+
+Limits
+------
+``min(k, len(index))`` must not exceed 16384 (Milvus' top-k cap). Inserts go in requests of
+at most 16 MiB (Milvus refuses requests above 64 MiB by default) and searches in batches of at
+most 16384 queries (Milvus' nq cap) and about a million hits per request.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+
+from contrahash.hamming import check_packed, code_bits
+from contrahash.index import PAD_DISTANCE, PAD_ID, IndexFormatError
+
+__all__ = ["MilvusError", "MilvusIndex", "MilvusNotInstalledError"]
+
+#: Milvus' cap on top-k (``limit``) and on the number of queries in one search request.
+MAX_TOPK = 16384
+MAX_NQ = 16384
+#: Bytes of codes and ids per insert request (Milvus' default request cap is 64 MiB).
+INSERT_BYTES = 16 << 20
+#: Rows per insert request, whatever the code length (keeps client memory modest).
+INSERT_ROWS = 250_000
+#: Hits (queries x limit) per search request: about 12 MB of ids and distances.
+RESULT_HITS = 1 << 20
+INDEX_TYPES = ("BIN_FLAT", "BIN_IVF_FLAT")
+_PK, _VECTOR = "id", "code"
+_DESCRIPTION = "contrahash bits="
+_NETWORK_SCHEMES = ("http", "https", "tcp", "grpc")
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
+_LITE_FILE_RE = re.compile(r"^[A-Za-z0-9.\-_]{1,36}$")  # what milvus-lite accepts
+_LITE_START_TIMEOUT = 60.0  # a local server never hangs; a big .db can take a while to load
+_INSTALL_HINT = "pip install 'contrahash[milvus]'"
+
+# Embedded servers this process started, by resolved .db path: how many open indexes use each.
+_lite_users: dict[str, int] = {}
+_lite_lock = threading.Lock()
+
+
+class MilvusError(ValueError):
+    """A Milvus collection, server or argument is not what :class:`MilvusIndex` needs."""
+
+
+class MilvusNotInstalledError(MilvusError, ImportError):
+    """pymilvus (or milvus-lite, for a ``.db`` uri) is not installed."""
+
+
+def _pymilvus() -> Any:
+    try:
+        import pymilvus  # noqa: PLC0415 - optional dependency
+    except ImportError as exc:
+        raise MilvusNotInstalledError(
+            f"MilvusIndex needs pymilvus ({exc}): {_INSTALL_HINT}"
+        ) from None
+    return pymilvus
+
+
+def _check_milvus_lite() -> None:
+    """Import milvus-lite now, so a missing or broken install gets a clear message."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+        try:
+            import milvus_lite.server_manager  # noqa: F401, PLC0415 - optional dependency
+        except ModuleNotFoundError as exc:
+            if exc.name == "pkg_resources":
+                raise MilvusNotInstalledError(
+                    "milvus-lite 2.5 imports pkg_resources, which setuptools 82 removed: "
+                    "pip install 'setuptools<82'"
+                ) from None
+            raise MilvusNotInstalledError(
+                f"a .db uri needs milvus-lite ({exc}): {_INSTALL_HINT}"
+            ) from None
+
+
+def _has_search_internals() -> bool:
+    """True when pymilvus has the internals :meth:`MilvusIndex._search_rpc` uses."""
+    try:
+        from pymilvus.client.prepare import Prepare  # noqa: PLC0415
+        from pymilvus.client.utils import check_status  # noqa: F401, PLC0415
+        from pymilvus.orm.connections import connections  # noqa: PLC0415
+    except ImportError:
+        return False
+    return hasattr(Prepare, "search_requests_with_expr") and hasattr(connections,
+                                                                      "_fetch_handler")
+
+
+def _lite_file_locked_elsewhere(path: str) -> bool:
+    """True when another process holds milvus-lite's lock on the ``.db`` file ``path``.
+
+    Checked before pymilvus starts a server: when that start fails on a held lock,
+    milvus-lite 2.5.1 deletes the lock *file* the other process holds, after which a third
+    process could open the same database. The probe locks and unlocks the lock file, so it
+    runs only when this process has no server on ``path`` (closing any descriptor of a file
+    drops all of the process' POSIX locks on it, including a server's).
+    """
+    try:
+        import fcntl  # noqa: PLC0415 - POSIX only, like milvus-lite itself
+    except ImportError:  # pragma: no cover
+        return False
+    from milvus_lite.server_manager import server_manager_instance  # noqa: PLC0415
+
+    if path in _lite_users or path in getattr(server_manager_instance, "_servers", {}):
+        return False
+    lock = Path(path).parent / f".{Path(path).name}.lock"
+    if not lock.exists():
+        return False
+    with open(lock, "a") as fh:
+        try:
+            fcntl.lockf(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.lockf(fh, fcntl.LOCK_UN)
+    return False
+
+
+def _check_bits(bits: Any) -> int:
+    if isinstance(bits, bool) or not isinstance(bits, int | np.integer) or bits < 1:
+        raise ValueError(f"bits must be a positive integer; got {bits!r}")
+    return int(bits)
+
+
+def _as_numpy(array: Any) -> np.ndarray:
+    if hasattr(array, "detach") and hasattr(array, "cpu"):  # a torch tensor
+        array = array.detach().cpu().numpy()
+    return np.asarray(array)
+
+
+class MilvusIndex:
+    """Exact (``BIN_FLAT``) or approximate (``BIN_IVF_FLAT``) Hamming k-NN in Milvus.
+
+    ``uri``: a local file path ending in ``.db`` (embedded Milvus Lite) or
+    ``http://host:port`` (a Milvus server). ``bits``: code length; codes are stored as
+    ``8 * ceil(bits / 8)``-dimensional binary vectors with zero padding bits (which keep every
+    Hamming distance unchanged). ``collection``: the collection name; an existing one is
+    reopened (its code length must equal ``bits``), a missing one is created unless
+    ``create=False``. ``index_type``: ``"BIN_FLAT"`` (exact, the default) or
+    ``"BIN_IVF_FLAT"`` (a Milvus server only: Milvus Lite has only ``BIN_FLAT``) with
+    ``nlist`` clusters, of which a search visits ``nprobe``. ``connect_timeout``: seconds to
+    wait for a network server before giving up.
+
+    Results rank by ``(distance, id)``; see the module docstring for how ties at the ``k``-th
+    distance are resolved to match faiss' ``IndexBinaryFlat``. Close the index (or use it as
+    a context manager) to stop an embedded server and free its ``.db`` file.
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        bits: int,
+        collection: str = "contrahash",
+        *,
+        index_type: str = "BIN_FLAT",
+        nlist: int = 1024,
+        nprobe: int = 16,
+        create: bool = True,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        self.bits = _check_bits(bits)
+        self.code_bytes = (self.bits + 7) // 8
+        self.uri = str(uri)
+        self.collection = collection
+        self.index_type = index_type
+        self.nlist = int(nlist)
+        self.nprobe = int(nprobe)
+        if not isinstance(collection, str) or not _NAME_RE.match(collection):
+            raise MilvusError(
+                f"collection name {collection!r} is not valid for Milvus (a letter or _ "
+                "first, then letters, digits or _; at most 255 characters)"
+            )
+        if index_type not in INDEX_TYPES:
+            raise MilvusError(f"index_type must be one of {', '.join(INDEX_TYPES)}; "
+                              f"got {index_type!r}")
+        if self.nlist < 1 or self.nprobe < 1:
+            raise MilvusError(f"nlist and nprobe must be >= 1; got {nlist}, {nprobe}")
+        self._lite_path = self._parse_uri(self.uri)
+        if self._lite_path is not None and index_type != "BIN_FLAT":
+            raise MilvusError(
+                f"{self._where()}: Milvus Lite (a .db uri) supports only the BIN_FLAT index, "
+                f"not {index_type}; use a Milvus server (http://host:port) for {index_type}"
+            )
+        self._pm = _pymilvus()
+        self._alias = f"contrahash-{uuid.uuid4().hex}"
+        self._coll: Any = None
+        self._connected = False
+        self._lite_registered = False
+        self._fast_search = _has_search_internals()
+        try:
+            self._connect(connect_timeout)
+            self._open(create)
+        except BaseException:
+            self.close()
+            raise
+
+    # ---- connection ------------------------------------------------------------------------
+
+    def _where(self) -> str:
+        return f"Milvus collection {self.collection!r} at {self.uri}"
+
+    @staticmethod
+    def _parse_uri(uri: str) -> str | None:
+        """The resolved ``.db`` path for Milvus Lite, or ``None`` for a network uri."""
+        scheme = urlparse(uri).scheme.lower()
+        if scheme in _NETWORK_SCHEMES:
+            return None
+        if not uri.endswith(".db"):
+            raise MilvusError(
+                f"Milvus uri {uri!r}: expected a local file path ending in .db (Milvus Lite) "
+                "or http://host:port (a Milvus server)"
+            )
+        path = Path(uri).expanduser().absolute()
+        if not path.parent.is_dir():
+            raise MilvusError(f"Milvus Lite database {uri}: directory {path.parent} does not "
+                              "exist")
+        if not _LITE_FILE_RE.match(path.name):
+            raise MilvusError(
+                f"Milvus Lite database {uri}: the file name must be at most 36 characters of "
+                "letters, digits, '.', '-' or '_' (a milvus-lite restriction)"
+            )
+        return str(path.resolve())
+
+    def _connect(self, timeout: float) -> None:
+        connections = self._pm.connections
+        if self._lite_path is None:
+            try:
+                connections.connect(self._alias, uri=self.uri, timeout=timeout)
+            except self._pm.MilvusException as exc:
+                raise MilvusError(
+                    f"cannot reach the Milvus server at {self.uri} within {timeout:g} s "
+                    f"({exc.message}); is it running?"
+                ) from None
+            self._connected = True
+            return
+        _check_milvus_lite()
+        path = self._lite_path
+        with _lite_lock, warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+            if _lite_file_locked_elsewhere(path):
+                raise MilvusError(
+                    f"Milvus Lite database {self.uri} is open in another process (Milvus "
+                    "Lite allows one process per .db file; close it there first)"
+                )
+            try:
+                connections.connect(self._alias, uri=path,
+                                    timeout=max(timeout, _LITE_START_TIMEOUT))
+            except self._pm.MilvusException as exc:
+                if path not in _lite_users:  # a server that started but did not answer
+                    from milvus_lite.server_manager import (  # noqa: PLC0415
+                        server_manager_instance,
+                    )
+
+                    if path in getattr(server_manager_instance, "_servers", {}):
+                        server_manager_instance.release_server(path)
+                raise MilvusError(
+                    f"cannot start Milvus Lite on {self.uri}: {exc.message} (is the file open "
+                    "in another process?)"
+                ) from None
+            self._connected = True
+            _lite_users[path] = _lite_users.get(path, 0) + 1
+            self._lite_registered = True
+
+    def close(self) -> None:
+        """Disconnect; the last index on an embedded ``.db`` in this process stops its server."""
+        self._coll = None
+        if self._connected:
+            self._pm.connections.remove_connection(self._alias)
+            self._connected = False
+        if self._lite_registered:
+            self._lite_registered = False
+            path = self._lite_path
+            with _lite_lock:
+                _lite_users[path] -= 1
+                if _lite_users[path] == 0:
+                    del _lite_users[path]
+                    from milvus_lite.server_manager import (  # noqa: PLC0415
+                        server_manager_instance,
+                    )
+
+                    server_manager_instance.release_server(path)
+
+    def __enter__(self) -> MilvusIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = f"ntotal={len(self)}" if self._coll is not None else "closed"
+        return (f"MilvusIndex(uri={self.uri!r}, collection={self.collection!r}, "
+                f"bits={self.bits}, index_type={self.index_type!r}, {state})")
+
+    # ---- collection ------------------------------------------------------------------------
+
+    def _open(self, create: bool) -> None:
+        pm = self._pm
+        if pm.utility.has_collection(self.collection, using=self._alias):
+            coll = pm.Collection(self.collection, using=self._alias)
+            self._check_schema(coll)
+        elif not create:
+            raise MilvusError(f"{self._where()} does not exist (create=True makes one)")
+        else:
+            coll = self._create()
+        try:
+            coll.load()
+        except pm.MilvusException as exc:
+            raise MilvusError(f"{self._where()}: cannot load the collection: "
+                              f"{exc.message}") from None
+        self._coll = coll
+
+    def _create(self) -> Any:
+        pm = self._pm
+        schema = pm.CollectionSchema(
+            [pm.FieldSchema(_PK, pm.DataType.INT64, is_primary=True, auto_id=False),
+             pm.FieldSchema(_VECTOR, pm.DataType.BINARY_VECTOR, dim=8 * self.code_bytes)],
+            description=f"{_DESCRIPTION}{self.bits}",
+        )
+        coll = pm.Collection(self.collection, schema, using=self._alias)
+        params: dict[str, Any] = {"index_type": self.index_type, "metric_type": "HAMMING",
+                                  "params": {}}
+        if self.index_type == "BIN_IVF_FLAT":
+            params["params"] = {"nlist": self.nlist}
+        try:
+            coll.create_index(_VECTOR, params)
+        except pm.MilvusException as exc:
+            coll.drop()  # ours, just made: leave nothing half-built behind
+            raise MilvusError(f"{self._where()}: the server refused a {self.index_type} "
+                              f"index: {exc.message}") from None
+        return coll
+
+    def _check_schema(self, coll: Any) -> None:
+        pm = self._pm
+        fields = {f.name: f for f in coll.schema.fields}
+        pk, vec = fields.get(_PK), fields.get(_VECTOR)
+        if (pk is None or not pk.is_primary or pk.dtype != pm.DataType.INT64
+                or vec is None or vec.dtype != pm.DataType.BINARY_VECTOR):
+            raise MilvusError(
+                f"{self._where()} is not a contrahash collection (it needs an INT64 primary "
+                f"key {_PK!r} and a BINARY_VECTOR field {_VECTOR!r}); choose another name"
+            )
+        description = coll.schema.description or ""
+        dim = int(vec.params.get("dim", 0))
+        if description.startswith(_DESCRIPTION):
+            stored = int(description[len(_DESCRIPTION):])
+        else:
+            stored = dim
+        if stored != self.bits:
+            raise MilvusError(f"{self._where()} holds {stored}-bit codes, but bits={self.bits} "
+                              "was given")
+        if dim != 8 * self.code_bytes:
+            raise MilvusError(f"{self._where()}: vector dimension {dim} does not fit "
+                              f"{self.bits}-bit codes (expected {8 * self.code_bytes})")
+        index = next((i for i in coll.indexes if i.field_name == _VECTOR), None)
+        if index is None:
+            raise MilvusError(f"{self._where()} has no index on {_VECTOR!r}")
+        found = index.params.get("index_type")
+        metric = index.params.get("metric_type")
+        if metric != "HAMMING":
+            raise MilvusError(f"{self._where()}: index metric is {metric}, not HAMMING")
+        if found != self.index_type:
+            raise MilvusError(f"{self._where()} has a {found} index, but "
+                              f"index_type={self.index_type!r} was given")
+        if found == "BIN_IVF_FLAT":
+            inner = index.params.get("params", {})
+            self.nlist = int(inner.get("nlist", index.params.get("nlist", self.nlist)))
+
+    def _collection(self) -> Any:
+        if self._coll is None:
+            raise MilvusError(f"{self._where()}: the index is closed")
+        return self._coll
+
+    # ---- contents --------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        rows = self._collection().query("", output_fields=["count(*)"],
+                                        consistency_level="Strong")
+        return int(rows[0]["count(*)"])
+
+    def _as_packed(self, codes: Any, packed: bool, name: str) -> np.ndarray:
+        if packed:
+            return check_packed(codes, self.bits, name)
+        bits_bool = code_bits(codes, name)
+        if bits_bool.shape[1] != self.bits:
+            raise IndexFormatError(f"{name} have {bits_bool.shape[1]} bits but {self._where()} "
+                                   f"holds {self.bits}-bit codes")
+        return np.packbits(bits_bool, axis=1)
+
+    def add(self, codes: Any, ids: Any = None, *, packed: bool = False) -> None:
+        """Insert codes ``[n, bits]`` (±1, {0,1} or bool; or packed uint8 with ``packed=True``).
+
+        ``ids`` (int64, >= 0) default to consecutive numbers after the current count. Rows go
+        in requests of at most :data:`INSERT_BYTES` bytes / :data:`INSERT_ROWS` rows.
+        """
+        coll = self._collection()
+        p = self._as_packed(codes, packed, "codes")
+        n = p.shape[0]
+        if ids is None:
+            start = len(self)
+            new_ids = np.arange(start, start + n, dtype=np.int64)
+        else:
+            raw = _as_numpy(ids)
+            if raw.shape != (n,) or not (np.issubdtype(raw.dtype, np.integer) or raw.size == 0):
+                raise ValueError(f"ids must be an integer array of shape ({n},); "
+                                 f"got {raw.dtype} {raw.shape}")
+            new_ids = raw.astype(np.int64)
+            if new_ids.size and new_ids.min() < 0:
+                raise ValueError("ids must be >= 0 (-1 marks empty result slots)")
+        rows = max(1, min(INSERT_ROWS, INSERT_BYTES // (self.code_bytes + 16)))
+        for s in range(0, n, rows):
+            block = p[s : s + rows]
+            try:
+                coll.insert([new_ids[s : s + rows].tolist(), [r.tobytes() for r in block]])
+            except self._pm.MilvusException as exc:
+                raise MilvusError(f"{self._where()}: insert of rows {s}..{s + len(block) - 1} "
+                                  f"failed: {exc.message}") from None
+
+    # ---- search ----------------------------------------------------------------------------
+
+    def _raw_search(self, q: np.ndarray, limit: int, params: dict[str, Any],
+                    expr: str | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """One Milvus search per batch of queries: ``(distances int64, ids int64)`` each."""
+        import grpc  # noqa: PLC0415 - a pymilvus dependency
+
+        self._collection()
+        batch = max(1, min(MAX_NQ, RESULT_HITS // limit))
+        param = {"metric_type": "HAMMING", "params": params}
+        out: list[tuple[np.ndarray, np.ndarray]] = []
+        for s in range(0, q.shape[0], batch):
+            data = [r.tobytes() for r in q[s : s + batch]]
+            try:
+                hits = self._search_rpc(data, limit, param, expr) if self._fast_search else None
+                if hits is None:
+                    hits = self._search_public(data, limit, param, expr)
+            except self._pm.MilvusException as exc:
+                raise MilvusError(f"{self._where()}: search failed: {exc.message}") from None
+            except grpc.RpcError as exc:
+                raise MilvusError(f"{self._where()}: search failed: {exc}") from None
+            out.extend(hits)
+        return out
+
+    def _search_public(self, data: list[bytes], limit: int, param: dict[str, Any],
+                       expr: str | None) -> list[tuple[np.ndarray, np.ndarray]]:
+        result = self._collection().search(data, _VECTOR, param, limit=limit, expr=expr,
+                                           consistency_level="Strong")
+        return [(np.rint(np.asarray(h.distances, dtype=np.float64)).astype(np.int64),
+                 np.asarray(h.ids, dtype=np.int64)) for h in result]
+
+    def _search_rpc(self, data: list[bytes], limit: int, param: dict[str, Any],
+                    expr: str | None) -> list[tuple[np.ndarray, np.ndarray]] | None:
+        """A search through pymilvus' request builder and gRPC stub, read as numpy arrays.
+
+        pymilvus' public ``search`` wraps every hit in a Python dict, which costs several
+        times the server's own search time for large ``k``; this reads the raw result arrays
+        instead. It relies on pymilvus 2.5 internals (``Prepare``, the handler's ``_stub``);
+        without them it returns ``None`` and the public API is used from then on.
+        """
+        from pymilvus.client.prepare import Prepare  # noqa: PLC0415
+        from pymilvus.client.utils import check_status  # noqa: PLC0415
+
+        handler = self._pm.connections._fetch_handler(self._alias)
+        stub = getattr(handler, "_stub", None)
+        if stub is None:
+            self._fast_search = False
+            return None
+        request = Prepare.search_requests_with_expr(
+            self.collection, data, _VECTOR, param, limit, expr, consistency_level="Strong")
+        response = stub.Search(request)
+        check_status(response.status)
+        res = response.results
+        topks = np.asarray(res.topks, dtype=np.int64)
+        ids = np.asarray(res.ids.int_id.data, dtype=np.int64)
+        dist = np.rint(np.asarray(res.scores, dtype=np.float64)).astype(np.int64)
+        if len(topks) != len(data) or int(topks.sum()) != len(ids) or len(dist) != len(ids):
+            raise MilvusError(f"{self._where()}: malformed search result ({len(topks)} result "
+                              f"lists, {len(ids)} ids for {len(data)} queries)")
+        ends = np.cumsum(topks)
+        return [(dist[a - t : a], ids[a - t : a]) for a, t in zip(ends, topks, strict=True)]
+
+    def search(self, queries: Any, k: int, *, packed: bool = False
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` nearest codes of each query: ``(distances int32 [q, k], ids int64 [q, k])``.
+
+        Ranked by distance, ties by id. When ``k`` exceeds the collection size the trailing
+        slots hold id ``-1`` and distance ``PAD_DISTANCE`` (int32 max). ``min(k, len(self))``
+        may not exceed 16384 (Milvus' top-k cap).
+        """
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+            raise ValueError(f"k must be a positive integer; got {k!r}")
+        k = int(k)
+        q = self._as_packed(queries, packed, "queries")
+        nq, n = q.shape[0], len(self)
+        dist = np.full((nq, k), PAD_DISTANCE, dtype=np.int32)
+        ids = np.full((nq, k), PAD_ID, dtype=np.int64)
+        kk = min(k, n)
+        if nq == 0 or kk == 0:
+            return dist, ids
+        if kk > MAX_TOPK:
+            raise MilvusError(f"{self._where()}: k={k} exceeds Milvus' top-k cap of "
+                              f"{MAX_TOPK} (the collection holds {n} codes)")
+        if self.index_type == "BIN_FLAT":
+            rows = self._exact_search(q, kk, n)
+        else:
+            rows = self._raw_search(q, kk, {"nprobe": self.nprobe})
+        for r, (d, i) in enumerate(rows):
+            order = np.lexsort((i, d))[:kk]
+            dist[r, : len(order)] = d[order]
+            ids[r, : len(order)] = i[order]
+        return dist, ids
+
+    def _exact_search(self, q: np.ndarray, kk: int, n: int
+                      ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per query: candidates holding every item of the exact top ``kk`` by (distance, id)."""
+        limit = min(n, MAX_TOPK, 2 * kk + 64)
+        rows = self._raw_search(q, limit, {})
+        if limit >= n:
+            return rows  # the whole collection: nothing can be missing
+        by_boundary: dict[int, list[int]] = {}
+        for r, (d, _) in enumerate(rows):
+            if len(d) < limit:
+                continue  # fewer hits than asked: every item came back
+            boundary = int(np.partition(d, kk - 1)[kk - 1])
+            if int(d.max()) == boundary:  # the tie group at the boundary may be cut short
+                by_boundary.setdefault(boundary, []).append(r)
+        for boundary, members in by_boundary.items():
+            group_hits = self._raw_search(q[members], MAX_TOPK,
+                                          {"radius": boundary + 1, "range_filter": boundary})
+            for r, (gd, gi) in zip(members, group_hits, strict=True):
+                d, i = rows[r]
+                closer = d < boundary
+                need = kk - int(closer.sum())
+                if len(gi) >= MAX_TOPK:  # more ties than one request returns
+                    known = int(np.partition(gi, need - 1)[need - 1])  # `need` ids are <= it
+                    gi = self._smallest_ids_at(q[r : r + 1], boundary, need, known)
+                    gd = np.full(len(gi), boundary, dtype=np.int64)
+                rows[r] = (np.concatenate([d[closer], gd]), np.concatenate([i[closer], gi]))
+        return rows
+
+    def _smallest_ids_at(self, q: np.ndarray, distance: int, need: int, upper: int
+                         ) -> np.ndarray:
+        """The ``need`` smallest ids at exactly ``distance`` from the query (a huge tie group).
+
+        Walks id windows ``[lo, hi)`` upwards from 0, halving a window while it returns a full
+        :data:`MAX_TOPK` hits (so it may hold more) and widening it again after each complete
+        one. At least ``need`` ids of the group are ``<= upper``, so the walk ends by then.
+        """
+        params = {"radius": distance + 1, "range_filter": distance}
+        found: list[np.ndarray] = []
+        count, lo, width = 0, 0, max(1, upper + 1)
+        while count < need:
+            hi = lo + width
+            (_, got), = self._raw_search(q, MAX_TOPK, params, expr=f"{_PK} >= {lo} and "
+                                                                  f"{_PK} < {hi}")
+            if len(got) >= MAX_TOPK and width > 1:
+                width //= 2
+                continue
+            found.append(np.sort(got))
+            count += len(got)
+            lo, width = hi, width * 2
+            if lo > upper:
+                break  # every id up to a known member is read (only short if rows vanished)
+        return np.concatenate(found)[:need] if found else np.zeros(0, np.int64)
