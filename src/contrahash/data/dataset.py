@@ -19,7 +19,11 @@ class ImageDataset:
     for CIFAR-10, the split folders of a ``ROOT/<split>/<class>/`` tree); ``fingerprint`` is a
     stable content identity (it changes when the files, labels or stored image size change)
     used to key feature caches and to check that a saved split belongs to this dataset;
-    ``skipped`` lists ``(path, reason)`` of files left out because they could not be read.
+    ``skipped`` lists ``(path, reason)`` of files left out because they could not be read;
+    ``paths`` names each image's file (None for sources without files); ``decoding`` says how
+    one of the source's files becomes its stored image (:func:`contrahash.data.images.
+    decode_like_source`), so a file from outside can be decoded exactly alike. A source without
+    labels (a flat folder, a single image, a list of paths) has ``C = 0`` label columns.
     """
 
     images: ImageStore
@@ -30,6 +34,7 @@ class ImageDataset:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     groups: dict[str, np.ndarray] | None = None
     paths: list[str] | None = None
+    decoding: dict | None = None
 
     def __post_init__(self) -> None:
         labels = np.asarray(self.labels)

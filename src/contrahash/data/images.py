@@ -323,3 +323,45 @@ def resize_tensor_images(images: torch.Tensor, size: int, chunk: int = 2048) -> 
 def is_hidden(path: Path) -> bool:
     """Dot-files and dot-folders (``.DS_Store``, ``.ipynb_checkpoints``) are never data."""
     return path.name.startswith(".")
+
+
+#: the most pixels a file decoded for a query may have (a decompression bomb is refused)
+MAX_QUERY_PIXELS = 40_000_000
+
+
+def decode_like_source(data: bytes, decoding: dict | None = None,
+                       max_pixels: int = MAX_QUERY_PIXELS) -> np.ndarray:
+    """Decode one file's bytes exactly as a source decoded its own files (its ``decoding``:
+    decoder, resize method, stored size), so that a source's file decodes to the very pixels
+    the source stored. Raises ``ValueError`` for a non-image, a damaged file or one with more
+    than ``max_pixels`` pixels (checked from the header, before decoding).
+    """
+    if not data:
+        raise ValueError("empty file (0 bytes)")
+    decoding = decoding or {}
+    try:
+        with Image.open(io.BytesIO(data)) as probe:
+            width, height = probe.size
+            fmt = probe.format
+    except DECODE_ERRORS as exc:
+        raise ValueError(f"not an image ({describe_error(exc)})") from None
+    if width * height > max_pixels:
+        raise ValueError(f"image is {width}x{height} = {width * height:,} pixels, more than the "
+                         f"limit of {max_pixels:,} (a decompression bomb?)")
+    size, resize = decoding.get("size"), decoding.get("resize")
+    try:
+        if decoding.get("decoder") == "torchvision-jpeg" and fmt == "JPEG":
+            from torchvision.io import ImageReadMode, decode_jpeg
+
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*decoding and encoding capabilities.*")
+                tensor = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8),
+                                     mode=ImageReadMode.RGB)
+            arr = tensor.permute(1, 2, 0).numpy()
+        else:
+            arr = decode_image(data, size if resize == "pil" else None)
+    except (RuntimeError, *DECODE_ERRORS) as exc:
+        raise ValueError(f"cannot decode the image ({describe_error(exc)})") from None
+    if resize == "torch" and size and arr.shape[:2] != (size, size):
+        arr = resize_tensor_images(torch.from_numpy(arr)[None], int(size))[0].numpy()
+    return arr

@@ -63,6 +63,9 @@ SPLIT_NAMES = frozenset(
     "gallery retrieval trainval".split()
 )
 LIST_SUFFIXES = frozenset({".txt", ".lst", ".list"})
+#: file name endings read as one image when given as a source
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
+                            ".ppm", ".pgm"})
 CIFAR_DIR = "cifar-10-batches-py"
 _CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 _CIFAR_TEST = "test_batch"
@@ -126,9 +129,11 @@ def load_source(
                 workers=workers,
                 lazy=lazy,
             )
+        if suffix in IMAGE_SUFFIXES:
+            return load_image_file(path, store_size=store_size)
         raise DataError(
-            f"{path}: unsupported file type '{suffix}' (a source file is a packed-JPEG .npz "
-            "or a .txt list file)"
+            f"{path}: unsupported file type '{suffix}' (a source file is an image, a "
+            "packed-JPEG .npz or a .txt list file)"
         )
     if _cifar_dir(path) is not None:
         return load_cifar_pickles(path, download=download, store_size=store_size)
@@ -203,6 +208,7 @@ def load_packed_npz(
         skipped=skipped,
         groups=groups,
         paths=[paths_all[i] for i in kept] if paths_all else None,
+        decoding=packed_decoding(store_size),
     )
 
 
@@ -350,7 +356,8 @@ def load_image_folder(
     workers: int | None = None,
     lazy: bool | None = None,
 ) -> ImageDataset:
-    """``ROOT/<class>/<file>`` (files may sit deeper) or ``ROOT/<split>/<class>/<file>``.
+    """``ROOT/<class>/<file>`` (files may sit deeper), ``ROOT/<split>/<class>/<file>``, or a
+    flat ``ROOT/<file>`` folder of unlabelled images (no sub-folders).
 
     The split layout is recognised when every top-level folder has a split-like name
     (:data:`SPLIT_NAMES`) and holds only folders; ``groups`` then maps each split folder's name
@@ -363,11 +370,15 @@ def load_image_folder(
     if not root.is_dir():
         raise DataError(f"{root} is not a folder")
     top = _subdirs(root)
-    if not top:
-        raise DataError(
-            f"{root}: no class folders found (expected ROOT/<class>/<image> or "
-            "ROOT/<split>/<class>/<image>)"
-        )
+    if not top:  # a flat folder: unlabelled images directly in ROOT
+        files = [f for f in sorted(root.iterdir()) if f.is_file() and not is_hidden(f)]
+        if not files:
+            raise DataError(f"{root}: no images (expected ROOT/<image>, ROOT/<class>/<image> or "
+                            "ROOT/<split>/<class>/<image>)")
+        entries = [_Entry(str(f), f.name) for f in files]
+        return _load_files(root.name or str(root), "flat-folder", str(root), entries,
+                           np.zeros((len(entries), 0), np.uint8), [], None,
+                           store_size=store_size, workers=workers, lazy=lazy)
     split_layout = _is_split_layout(top)
     layout: list[tuple[str | None, str, Path]] = []  # (split, class, folder)
     if split_layout:
@@ -406,6 +417,14 @@ def load_image_folder(
         workers=workers,
         lazy=lazy,
     )
+
+
+def load_image_file(path: str | os.PathLike, *, store_size: int | None = None) -> ImageDataset:
+    """One image file as an unlabelled dataset of one image."""
+    path = Path(path).expanduser()
+    entries = [_Entry(str(path), path.name)]
+    return _load_files(path.name, "file", str(path.parent), entries, np.zeros((1, 0), np.uint8),
+                       [], None, store_size=store_size, workers=1, lazy=False)
 
 
 # --- list files -----------------------------------------------------------------------------
@@ -470,11 +489,6 @@ def parse_list_file(list_path: str | os.PathLike) -> tuple[list[str], np.ndarray
         tokens = line.split()
         if n_labels is None:
             n_labels, first_line = len(tokens) - 1, lineno
-            if n_labels < 1:
-                raise DataError(
-                    f"{list_path}:{lineno}: expected 'relative/path.jpg l1 … lC' "
-                    f"(0/1 labels after the path), found no labels: {line[:80]!r}"
-                )
         if len(tokens) - 1 != n_labels:
             raise DataError(
                 f"{list_path}:{lineno}: wrong number of labels: found {len(tokens) - 1}, "
@@ -499,6 +513,8 @@ def _list_class_names(
     list_path: Path, class_names: Sequence[str] | str | os.PathLike | None, c: int
 ) -> list[str]:
     source: Path | None = None
+    if c == 0:  # a list of paths without labels
+        return []
     if class_names is None:
         stem, folder = list_path.stem, list_path.parent
         for cand in (
@@ -585,6 +601,7 @@ def _load_files(
             [entries[i].path for i in keep], size=store_size or DEFAULT_STORE_SIZE, workers=workers
         )
         geometry = f"lazy{store.size}"
+        decoding = {"decoder": "pil", "resize": "pil", "size": store.size}
     else:
         images, failed = _decode_all([entries[i].path for i in keep], (h, w), target, workers)
         for j in sorted(failed):
@@ -594,6 +611,7 @@ def _load_files(
             keep, images = keep[good], images[good]
         store = TensorImages(torch.from_numpy(images))
         geometry = f"mem{h}x{w}"
+        decoding = {"decoder": "pil", "resize": "pil" if target else None, "size": target}
     _warn_skipped(skipped, n_files, root)
     if len(keep) == 0:
         raise DataError(f"{root}: none of the {n_files} files decodes; empty dataset")
@@ -616,6 +634,7 @@ def _load_files(
         skipped=skipped,
         groups=groups,
         paths=[entries[i].path for i in keep],
+        decoding=decoding,
     )
 
 
@@ -659,6 +678,14 @@ def _warn_skipped(skipped: list[tuple[str, str]], total: int, where: str) -> Non
         UserWarning,
         stacklevel=3,
     )
+
+
+def packed_decoding(store_size: int | None) -> dict:
+    """How the packed loader turns one file into its stored image."""
+    from contrahash.data.packed import _tv_decoder
+
+    return {"decoder": "torchvision-jpeg" if _tv_decoder() is not None else "pil",
+            "resize": "torch" if store_size else None, "size": store_size}
 
 
 def _tensor_store(images: torch.Tensor, store_size: int | None) -> TensorImages:
