@@ -83,7 +83,7 @@ def main() -> None:
           f"{args.classes} classes, mAP@{args.topk}; {cpus} CPUs ({platform.processor() or '?'}), "
           f"numpy {np.__version__}")
 
-    from contrahash import index as index_module
+    from contrahash import hamming
     from contrahash.metrics import mean_average_precision
 
     q_ids, r_ids = q_l.argmax(1), r_l.argmax(1)
@@ -95,10 +95,10 @@ def main() -> None:
             lambda: mean_average_precision(q_b, r_b, q_ids, r_ids, topk=args.topk), args.repeats)
         ours_times.append(seconds)
     field_s, ours_s = min(field_times), min(ours_times)
-    kernel = "faiss popcount" if index_module._faiss_hammings_ok() else "numpy popcount"
+    kernel = "faiss popcount" if hamming.faiss_module() is not None else "numpy popcount"
     print(f"field loop (unstable argsort):   {field_s * 1e3:9.1f} ms   mAP {field_value:.6f}   "
           f"(rounds: {', '.join(f'{t * 1e3:.0f}' for t in field_times)} ms)")
-    print(f"contrahash ({kernel}, {index_module._threads()} threads): "
+    print(f"contrahash ({kernel}, {hamming.kernel_threads()} threads): "
           f"{ours_s * 1e3:9.1f} ms   mAP {ours_value:.6f}   "
           f"(rounds: {', '.join(f'{t * 1e3:.1f}' for t in ours_times)} ms)")
 

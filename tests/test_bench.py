@@ -334,7 +334,7 @@ def test_tiny_real_grid_on_digits(tmp_path):
         "methods": {"fdbh": {"method_config": {"neighbour_pool": "train"}}, "itq": None},
     }
     out = tmp_path / "out"
-    report = run_grid(load_grid(grid_file(tmp_path, data)), out, progress=False,
+    report = run_grid(load_grid(grid_file(tmp_path, data)), out,
                       log=lambda m: None)
     assert not report.failed, [o.error for o in report.failed]
     assert len(report.rows) == 4

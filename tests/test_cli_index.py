@@ -82,24 +82,24 @@ def test_evaluate_files_table_and_json(files):
     assert got["precision_at_n"] == pytest.approx(want["precision_at_n"])
 
 
-def test_evaluate_run_dir(tmp_path, monkeypatch):
-    import contrahash.runs
+def test_evaluate_run_dir_reproduces_the_runs_numbers(tmp_path):
+    from contrahash.config import resolve_config
+    from contrahash.train import train_run
 
-    calls = []
-    report = {"map": 0.5, "topk": 1000, "precision_at_n": {"1000": 0.4},
-              "precision_radius_2": 0.3}
-
-    def fake_evaluate_run(run_dir, topk=None):
-        calls.append((run_dir, topk))
-        return {"16": report, "32": dict(report, map=0.6)}
-
-    monkeypatch.setattr(contrahash.runs, "evaluate_run", fake_evaluate_run)
-    result = run("evaluate", tmp_path, "--topk", 1000)
+    cfg = resolve_config(None, ["method=itq", "data.source=digits", "backbone.name=pixels",
+                                "backbone.image_size=8", "bits=[8,16]",
+                                "data.protocol_options={query: 0.1, train: 200}",
+                                f"cache.dir={tmp_path / 'cache'}"])
+    done = train_run(cfg, tmp_path / "run").results
+    result = run("evaluate", tmp_path / "run", "--topk", 100)
     assert result.exit_code == 0, result.output
-    assert calls == [(tmp_path, 1000)]
-    assert "0.5000" in result.output and "0.6000" in result.output
-    result = run("evaluate", tmp_path, "--json")
-    assert json.loads(result.stdout)["32"]["map"] == 0.6
+    result = run("evaluate", tmp_path / "run", "--json")
+    assert result.exit_code == 0, result.output
+    reports = json.loads(result.stdout)
+    assert set(reports) == {"8", "16"}
+    for bits in ("8", "16"):  # the saved codes give back the run's own numbers
+        assert reports[bits]["map"] == pytest.approx(done["bits"][bits]["map"])
+        assert reports[bits]["precision_at_n"] == pytest.approx(done["bits"][bits]["precision_at_n"])
 
 
 def test_user_errors_exit_cleanly(files, tmp_path):

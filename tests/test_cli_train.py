@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from contrahash.cli import app
@@ -24,6 +28,8 @@ def test_train_encode_evaluate(tmp_path):
     assert codes.shape == (1797, 8)
     res = runner.invoke(app, ["evaluate", str(tmp_path / "r"), "--json"])
     assert res.exit_code == 0, res.output
+    saved = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert json.loads(res.stdout)["8"]["map"] == pytest.approx(saved["bits"]["8"]["map"])
 
 
 def test_bad_key_and_bad_resume_are_clean_errors(tmp_path):
@@ -35,11 +41,12 @@ def test_bad_key_and_bad_resume_are_clean_errors(tmp_path):
     assert res.exit_code == 2 and "/nonexistent/x.npz" in res.output
 
 
-def test_demo_defaults_to_a_new_directory_each_time(monkeypatch):
+def test_demo_directories_never_collide(tmp_path, monkeypatch):
     from contrahash import demo
 
-    seen = []
-    monkeypatch.setattr(demo, "run_demo", lambda out_dir, epochs, console: seen.append(out_dir))
-    for _ in range(2):
-        assert runner.invoke(app, ["demo", "--epochs", "1"]).exit_code == 0
-    assert seen == [None, None]  # run_demo picks runs/demo-<time>: `make demo` can run twice
+    monkeypatch.chdir(tmp_path)
+    first = demo.default_demo_dir()
+    first.mkdir(parents=True)
+    second = demo.default_demo_dir()  # same second: still a new directory
+    assert first != second and not second.exists()
+    assert first.parent == second.parent == Path("runs")

@@ -14,18 +14,18 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from contrahash import index as idx
+from contrahash import hamming
+from contrahash import index as index_module
+from contrahash.hamming import PackedDatabase, hamming_topk
 from contrahash.index import (
     PAD_DISTANCE,
     HammingIndex,
     IndexFormatError,
-    PackedDatabase,
-    hamming_topk,
     pack_codes,
     unpack_codes,
 )
 
-HAS_FAISS = idx._faiss() is not None
+HAS_FAISS = hamming.faiss_module() is not None
 BACKENDS = ["numpy", "torch"] + (["faiss"] if HAS_FAISS else [])
 needs_faiss = pytest.mark.skipif(not HAS_FAISS, reason="faiss not installed")
 
@@ -95,8 +95,8 @@ def test_topk_kernels_match_stable_sort(bits, n, nq, seed, data):
                 d, p = hamming_topk(pack_codes(q), database, k, method=method,
                                     use_faiss=use_faiss, threads=threads)
                 assert (p == want_p).all() and (d == want_d).all(), (method, use_faiss)
-    qs, ds = idx.torch_signed(q, "cpu"), idx.torch_signed(db, "cpu")
-    d, p = idx.torch_topk(qs, ds, k, max_elements=max(1, n * 2))
+    qs, ds = hamming.torch_signed(q, "cpu"), hamming.torch_signed(db, "cpu")
+    d, p = hamming.torch_topk(qs, ds, k, max_elements=max(1, n * 2))
     assert (p.numpy() == want_p).all() and (d.numpy() == want_d).all()
 
 
@@ -113,7 +113,7 @@ def test_select_kernel_on_clustered_data_with_huge_tie_groups():
 
 @needs_faiss
 def test_faiss_orders_ties_by_insertion():
-    assert idx._faiss_orders_ties_by_position()
+    assert hamming.faiss_orders_ties_by_position()
 
 
 # ----------------------------------------------------------------------------- the index
@@ -290,7 +290,7 @@ def test_save_is_atomic_when_writing_fails(tmp_path, monkeypatch):
 
 @needs_faiss
 def test_multihash_range_search_is_exact(monkeypatch):
-    monkeypatch.setattr(idx, "_MULTIHASH_MIN_SIZE", 10)
+    monkeypatch.setattr(index_module, "_MULTIHASH_MIN_SIZE", 10)
     rng = np.random.default_rng(8)
     db = tie_heavy(rng, 3000, 64, n_protos=20, flip=0.03)
     q = tie_heavy(rng, 30, 64, n_protos=20, flip=0.03)

@@ -11,10 +11,17 @@ import pytest
 import torch
 
 from contrahash.config import resolve_config
+from contrahash.data import load_source
+from contrahash.encode import encode_run
+from contrahash.evaluation import evaluate, evaluate_run
 from contrahash.features import FeatureCache, autocast_dtype, autocast_for
 from contrahash.methods import OptimSpec, build_method
-from contrahash.runs import RunContext, encode_run, evaluate_run
-from contrahash.train import TrainingError, feature_view_batches, mine_neighbours, train_run
+from contrahash.model import load_trained
+from contrahash.neighbours import mine_neighbours
+from contrahash.protocols import load_split
+from contrahash.providers import feature_view_batches
+from contrahash.rundir import RunDirectory
+from contrahash.train import TrainingError, train_run
 
 DIGITS = [
     "data.source=digits",
@@ -35,7 +42,7 @@ def _cfg(tmp_path, *extra):
 
 def test_run_directory_is_complete(tmp_path):
     cfg = _cfg(tmp_path, "method=fdbh", "method_config.neighbour_pool=train", "optim.epochs=2")
-    result = train_run(cfg, tmp_path / "run", progress=False, command="test")
+    result = train_run(cfg, tmp_path / "run", command="test")
     run = result.run_dir
     for name in ("config.yaml", "command.txt", "environment.json", "metrics.jsonl",
                  "model.safetensors", "results.json", "split/split.json", "codes/8.npz",
@@ -59,7 +66,7 @@ def test_run_directory_is_complete(tmp_path):
 def test_fdbh_extra_neighbour_views_train_from_cache(tmp_path, pool):
     cfg = _cfg(tmp_path, "method=fdbh", f"method_config.neighbour_pool={pool}",
                "method_config.neighbour_mode=extra", "optim.epochs=2")
-    result = train_run(cfg, tmp_path / "run", progress=False)
+    result = train_run(cfg, tmp_path / "run")
     logs = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert "neighbour_16" in logs[-1]
     assert 0.0 < result.results["bits"]["16"]["map"] <= 1.0
@@ -68,7 +75,7 @@ def test_fdbh_extra_neighbour_views_train_from_cache(tmp_path, pool):
 def test_neighbour_refresh_re_mines_from_the_model(tmp_path):
     cfg = _cfg(tmp_path, "method=fdbh", "method_config.neighbour_pool=database",
                "method_config.neighbour_refresh=2", "optim.epochs=5")
-    result = train_run(cfg, tmp_path / "run", progress=False)
+    result = train_run(cfg, tmp_path / "run")
     events = [json.loads(x) for x in (result.run_dir / "events.jsonl").read_text().splitlines()]
     mined = [e["epoch"] for e in events if e["event"] == "neighbours"]
     assert mined == [-1, 2, 4]  # frozen features first, then the model at epochs 2 and 4
@@ -79,9 +86,9 @@ def test_neighbour_refresh_re_mines_from_the_model(tmp_path):
 
 def test_existing_run_is_never_overwritten(tmp_path):
     cfg = _cfg(tmp_path, "method=itq")
-    train_run(cfg, tmp_path / "run", progress=False)
+    train_run(cfg, tmp_path / "run")
     with pytest.raises(FileExistsError, match="--resume"):
-        train_run(cfg, tmp_path / "run", progress=False)
+        train_run(cfg, tmp_path / "run")
 
 
 @pytest.mark.parametrize("method", [
@@ -91,10 +98,10 @@ def test_existing_run_is_never_overwritten(tmp_path):
 ])
 def test_resume_gives_bit_identical_codes(tmp_path, method):
     cfg = _cfg(tmp_path, *method, "optim.epochs=3", "optim.batch_size=32")
-    full = train_run(cfg, tmp_path / "full", progress=False)
-    partial = train_run(cfg, tmp_path / "part", progress=False, stop_after_epoch=1)
+    full = train_run(cfg, tmp_path / "full")
+    partial = train_run(cfg, tmp_path / "part", stop_after_epoch=1)
     assert not (partial.run_dir / "results.json").exists()
-    resumed = train_run(cfg, tmp_path / "part", resume=True, progress=False)
+    resumed = train_run(cfg, tmp_path / "part", resume=True)
     for k in ("8", "16"):
         a = np.load(full.run_dir / "codes" / f"{k}.npz")
         b = np.load(resumed.run_dir / "codes" / f"{k}.npz")
@@ -105,7 +112,7 @@ def test_resume_gives_bit_identical_codes(tmp_path, method):
 def test_end_to_end_path_trains_and_fine_tunes(tmp_path):
     cfg = _cfg(tmp_path, "method=cibhash", "optim.epochs=1", "backbone.name=tiny_cnn",
                "backbone.random_init=true", "backbone.finetune_blocks=1", "backbone.image_size=16")
-    ctx_result = train_run(cfg, tmp_path / "e2e", progress=False)
+    ctx_result = train_run(cfg, tmp_path / "e2e")
     assert ctx_result.images_per_second > 0
     assert "backbone" in "".join(__import__("safetensors.torch").torch.load_file(
         str(ctx_result.run_dir / "model.safetensors")).keys())
@@ -118,7 +125,7 @@ def test_end_to_end_path_with_extra_neighbour_view(tmp_path):
     cfg = _cfg(tmp_path, "method=fdbh", "optim.epochs=1", "backbone.name=tiny_cnn",
                "backbone.random_init=true", "backbone.finetune_blocks=1", "backbone.image_size=16",
                "method_config.neighbour_mode=extra", "method_config.neighbour_pool=train")
-    result = train_run(cfg, tmp_path / "e2e3", progress=False)
+    result = train_run(cfg, tmp_path / "e2e3")
     logs = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert "neighbour_8" in logs[-1] and (result.run_dir / "neighbours.npz").exists()
 
@@ -127,11 +134,11 @@ def test_compile_option_compiles_backbone_and_keeps_weight_names(tmp_path):
     cfg = _cfg(tmp_path, "method=cibhash", "optim.epochs=1", "backbone.name=tiny_cnn",
                "backbone.random_init=true", "backbone.finetune_blocks=1", "backbone.image_size=16",
                "compile=true")
-    result = train_run(cfg, tmp_path / "compiled", progress=False)
+    result = train_run(cfg, tmp_path / "compiled")
     keys = __import__("safetensors.torch").torch.load_file(str(result.run_dir / "model.safetensors"))
     assert any(k.startswith("backbone.") for k in keys) and not any("_orig_mod" in k for k in keys)
-    ctx = RunContext.open(result.run_dir)
-    assert hasattr(ctx.backbone.forward, "_torchdynamo_orig_callable")  # really compiled
+    _, model = load_trained(result.run_dir)
+    assert hasattr(model.backbone.forward, "_torchdynamo_orig_callable")  # really compiled
     codes, _ = encode_run(result.run_dir)
     assert set(np.unique(codes[16])) <= {-1, 1}
 
@@ -141,26 +148,32 @@ def test_token_methods_use_the_cache_when_it_fits(tmp_path, limit):
     cfg = _cfg(tmp_path, "method=wch", "optim.epochs=1", "optim.batch_size=32",
                "backbone.name=tiny_cnn", "backbone.random_init=true", "backbone.image_size=16",
                f"cache.max_token_gib={limit}", "method_config.hidden=64")
-    result = train_run(cfg, tmp_path / "wch", progress=False)
-    ctx = RunContext.open(result.run_dir)
-    assert ctx.tokens and ctx.use_cache == (limit > 0)
+    result = train_run(cfg, tmp_path / "wch")
+    start = RunDirectory(result.run_dir).events("start")[0]
+    assert start["provider"] == ("CachedViews" if limit > 0 else "EndToEnd")
     assert 0.0 < result.results["bits"]["16"]["map"] <= 1.0
 
 
 def test_non_finite_loss_stops_with_message(tmp_path):
     cfg = _cfg(tmp_path, "method=cibhash", "optim.epochs=2", "optim.lr=1e30")
     with pytest.raises(TrainingError, match="non-finite loss"):
-        train_run(cfg, tmp_path / "nan", progress=False)
+        train_run(cfg, tmp_path / "nan")
 
 
 def test_trained_fdbh_beats_untrained_head_on_digits(tmp_path):
     cfg = _cfg(tmp_path, "method=fdbh", "optim.epochs=8", "method_config.neighbour_pool=train")
-    trained = train_run(cfg, tmp_path / "t", progress=False).results["bits"]["16"]["map"]
-    ctx = RunContext.open(tmp_path / "t")
-    ctx.method = build_method("fdbh", ctx.backbone.feature_dim, [8, 16]).to(ctx.device)
-    ctx.method.fdo["16"].track_running_stats = False  # untrained: batch statistics
-    untrained = ctx.evaluate()["bits"]["16"]["map"]
-    assert trained > untrained + 0.05
+    trained = train_run(cfg, tmp_path / "t").results["bits"]["16"]["map"]
+    _, model = load_trained(tmp_path / "t")
+    model.method = build_method("fdbh", model.backbone.feature_dim, [8, 16]).to(model.device)
+    model.method.fdo["16"].track_running_stats = False  # untrained: batch statistics
+    dataset = load_source("digits")
+    split = load_split(tmp_path / "t" / "split")
+
+    def features(indices):
+        return model.extract(dataset.images, indices)
+
+    untrained = evaluate(model, features, dataset.labels, split, method_name="fdbh")
+    assert trained > untrained["bits"]["16"]["map"] + 0.05
 
 
 def test_feature_view_batches_uses_neighbours():
@@ -212,14 +225,14 @@ def test_train_on_features_rejects_tiny_sets():
 def test_validation_evaluation_never_uses_queries(tmp_path):
     cfg = _cfg(tmp_path, "method=itq", "evaluate_on=val",
                "data.protocol_options={query: 0.1, train: 300, val_size: 100}")
-    run = train_run(cfg, tmp_path / "val", progress=False).run_dir
+    run = train_run(cfg, tmp_path / "val").run_dir
     z = np.load(run / "codes" / "8.npz")
     split_query = np.loadtxt(run / "split" / "query.txt", dtype=np.int64)
     assert len(z["query_index"]) == 100
     assert not np.intersect1d(z["query_index"], split_query).size
     assert not np.intersect1d(z["query_index"], z["database_index"]).size
     with pytest.raises(ValueError, match="val_size"):
-        train_run(_cfg(tmp_path, "method=itq", "evaluate_on=val"), tmp_path / "v2", progress=False)
+        train_run(_cfg(tmp_path, "method=itq", "evaluate_on=val"), tmp_path / "v2")
 
 
 def test_cached_views_keep_their_recipe_roles():
@@ -247,16 +260,14 @@ def test_cpu_bf16_follows_amp_and_the_override(monkeypatch):
 def test_feature_cache_key_names_the_precision(tmp_path, monkeypatch, amp, native, precision):
     monkeypatch.setenv("CONTRAHASH_CPU_BF16", native)
     cfg = _cfg(tmp_path, "method=cibhash", "optim.epochs=1", f"amp={amp}")
-    result = train_run(cfg, tmp_path / "run", progress=False)
-    ctx = RunContext.open(result.run_dir)
-    assert ctx._feature_key("clean")["precision"] == precision
+    result = train_run(cfg, tmp_path / "run")
+    assert load_trained(result.run_dir)[1].precision == precision
 
 
 def test_bf16_and_fp32_features_never_share_a_cache_file(tmp_path, monkeypatch):
     for native in ("1", "0"):
         monkeypatch.setenv("CONTRAHASH_CPU_BF16", native)
-        train_run(_cfg(tmp_path, "method=cibhash", "optim.epochs=1"), tmp_path / f"run{native}",
-                  progress=False)
+        train_run(_cfg(tmp_path, "method=cibhash", "optim.epochs=1"), tmp_path / f"run{native}")
     assert len(list((tmp_path / "cache").glob("*.npy"))) == 4  # clean + views, per precision
 
 
@@ -274,5 +285,5 @@ def test_cpu_allocator_tuning_is_idempotent_and_can_be_turned_off(monkeypatch):
 
 
 def test_cpu_extraction_batch_defaults_to_64(tmp_path):
-    result = train_run(_cfg(tmp_path, "method=itq"), tmp_path / "itq", progress=False)
-    assert RunContext.open(result.run_dir).eval_batch_size == 64
+    result = train_run(_cfg(tmp_path, "method=itq"), tmp_path / "itq")
+    assert load_trained(result.run_dir)[1].eval_batch_size == 64

@@ -201,7 +201,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
-def _merge(base: dict[str, Any], keys: list[str], value: Any) -> None:
+def merge_value(base: dict[str, Any], keys: list[str], value: Any) -> None:
+    """Set ``base[k1][k2]…[kn] = value`` for ``keys = [k1, …, kn]``, creating sections; a
+    mapping merged into a free-form section (e.g. ``optim``) merges key by key."""
     node = base
     for key in keys[:-1]:
         node = node.setdefault(key, {})
@@ -234,10 +236,10 @@ def resolve_config(
     values: dict[str, Any] = {}
     for source in (base or {}), (load_yaml(path) if path else {}):
         for key, value in _flatten(source):
-            _merge(values, key, value)
+            merge_value(values, key, value)
     for text in overrides or []:
         keys, value = parse_override(text)
-        _merge(values, keys, value)
+        merge_value(values, keys, value)
     try:
         cfg = _build(TrainConfig, values)
         if cfg.compile_mode not in COMPILE_MODES:
@@ -254,16 +256,32 @@ def _flatten(d: dict[str, Any], prefix: list[str] | None = None):
     prefix = prefix or []
     for key, value in d.items():
         path = [*prefix, str(key)]
-        if isinstance(value, dict) and path[-1] not in _FREE_FORM:
+        if isinstance(value, dict) and path[-1] not in FREE_FORM_SECTIONS:
             yield from _flatten(value, path)
         else:
             yield path, value
 
 
-# dict-typed fields whose contents are method/protocol specific (validated elsewhere)
-_FREE_FORM = {"method_config", "protocol_options", "optim", "augment"}
+#: dict-typed fields whose contents are method/protocol specific (validated elsewhere): a YAML
+#: mapping under one of them is a value, not a section of TrainConfig
+FREE_FORM_SECTIONS = frozenset({"method_config", "protocol_options", "optim", "augment"})
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
     """Plain dict of a (nested) config dataclass, for YAML/JSON."""
     return dataclasses.asdict(cfg)
+
+
+def expand_source(source: str) -> str:
+    """Expand ``$VARS`` and ``~`` in a data source; name the variable when it is unset.
+
+    Configs refer to data by variable (e.g. ``${CONTRAHASH_CIFAR10}``), never by a path of
+    one machine.
+    """
+    expanded = os.path.expanduser(os.path.expandvars(str(source)))
+    if "$" in expanded:
+        raise ConfigError(
+            f"data.source '{source}': environment variable not set; export it or pass "
+            "data.source=PATH (e.g. data.source=/path/to/cifar10-jpeg.npz)"
+        )
+    return expanded

@@ -3,7 +3,9 @@
 Everything is real: the 1,797 scikit-learn digits are split (10% query, rest database, 1,000
 training images from the database), FDBH trains its 16/32/64-bit heads from a feature cache
 of augmented views, ITQ and LSH are fitted on the same features, all three are evaluated with
-the project's mAP, and a PNG shows queries with their top results (green = same digit).
+the project's mAP, and a PNG shows queries with their top results (green = same digit). The
+demo is a small benchmark grid (:data:`DEMO_GRID`, run by :mod:`contrahash.bench`), so its
+rows are configs, not code.
 """
 
 from __future__ import annotations
@@ -16,61 +18,69 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-#: the demo's shared settings; FDBH/ITQ/LSH differ only in `method`
-DEMO_BASE: dict[str, Any] = {
-    "bits": [16, 32, 64],
-    "data": {
-        "source": "digits",
-        "protocol": "custom",
-        "protocol_options": {"query": 0.1, "train": 1000, "train_in_database": True},
+#: the demo as a benchmark grid: three rows on the embedded digits, one seed
+DEMO_GRID: dict[str, Any] = {
+    "name": "demo",
+    "description": "FDBH vs ITQ and LSH on scikit-learn's digits (CPU, minutes), mAP@ALL.",
+    "base": {
+        "bits": [16, 32, 64],
+        "data": {
+            "source": "digits",
+            "protocol": "custom",
+            "protocol_options": {"query": 0.1, "train": 1000, "train_in_database": True},
+        },
+        "backbone": {"name": "pixels", "image_size": 16},
+        "cache": {"mode": "on", "views": 8},
+        # digits are not mirror-symmetric and are tiny: gentle crops, no flips, no colour
+        "augment": {"scale": [0.7, 1.0], "flip_p": 0.0, "jitter_p": 0.0, "grayscale_p": 0.0},
+        "optim": {"epochs": 40, "batch_size": 64},
+        "eval_batch_size": 512,
     },
-    "backbone": {"name": "pixels", "image_size": 16},
-    "cache": {"mode": "on", "views": 8},
-    # digits are not mirror-symmetric and are tiny: gentle crops, no flips, no colour
-    "augment": {"scale": [0.7, 1.0], "flip_p": 0.0, "jitter_p": 0.0, "grayscale_p": 0.0},
-    "optim": {"epochs": 40, "batch_size": 64},
-    "eval_batch_size": 512,
+    "seeds": [0],
+    "methods": {
+        # the digits pool is small: mine neighbours within the training images
+        "fdbh": {"method": "fdbh", "method_config": {"neighbour_pool": "train"}},
+        "itq": {"method": "itq"},
+        "lsh": {"method": "lsh"},
+    },
 }
 
 
-def demo_config(method: str, out_dir: Path, epochs: int):
-    """The resolved TrainConfig of one demo run."""
-    from contrahash.config import resolve_config
-
-    overrides = [f"method={method}", f"out_dir={out_dir}", f"name={method}",
-                 f"optim.epochs={epochs}", f"cache.dir={out_dir / 'cache'}"]
-    if method == "fdbh":
-        # the digits pool is small: mine neighbours within the training images
-        overrides.append("method_config.neighbour_pool=train")
-    return resolve_config(None, overrides, base=DEMO_BASE)
+def default_demo_dir() -> Path:
+    """A new ``runs/demo-<time>`` directory name (``-2``, ``-3``… within the same second)."""
+    base = Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
 
 
 def run_demo(out_dir: Path | None = None, epochs: int = 40, console: Console | None = None
              ) -> dict[str, dict[str, Any]]:
-    """Run the three methods, print the table, draw the retrieval picture; returns results."""
-    from contrahash.features import FeatureCache
-    from contrahash.train import train_run
+    """Run the demo grid, print the table, draw the retrieval picture; returns results."""
+    from contrahash.bench import parse_grid, run_grid
 
     console = console or Console()
-    out_dir = Path(out_dir or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
-    cache = FeatureCache(out_dir / "cache")
-    results: dict[str, dict[str, Any]] = {}
-    for method in ("fdbh", "itq", "lsh"):
-        t = time.perf_counter()
-        cfg = demo_config(method, out_dir, epochs)
-        run = train_run(cfg, out_dir / method, command=f"contrahash demo ({method})",
-                        shared_cache=cache, progress=False)
-        results[method] = run.results
-        console.print(f"{method}: done in {time.perf_counter() - t:.1f} s → {run.run_dir}")
+    out_dir = Path(out_dir) if out_dir is not None else default_demo_dir()
+    grid = parse_grid(DEMO_GRID)
+    report = run_grid(grid, out_dir, overrides=[f"optim.epochs={epochs}"], plots=False,
+                      command=f"contrahash demo --epochs {epochs}",
+                      log=lambda msg: console.print(msg, highlight=False))
+    if report.failed:
+        failed = report.failed[0]
+        raise RuntimeError(f"demo cell {failed.cell.id} failed: {failed.error}")
+    results = {o.cell.label: o.results for o in report.outcomes}
     table = Table(title=f"digits (embedded), mAP@ALL, {out_dir}")
     table.add_column("method")
-    bits = [str(b) for b in DEMO_BASE["bits"]]
+    bits = [str(b) for b in DEMO_GRID["base"]["bits"]]
     for b in bits:
         table.add_column(f"{b} bits", justify="right")
     for method, res in results.items():
         table.add_row(method, *[f"{res['bits'][b]['map']:.4f}" for b in bits])
     console.print(table)
-    picture = draw_retrievals(out_dir / "fdbh", out_dir / "retrievals.png")
+    first = report.outcomes[0]  # the grid's first row: FDBH
+    picture = draw_retrievals(first.cell.run_dir, out_dir / "retrievals.png")
     console.print(f"query grid: {picture}")
     return results
 

@@ -109,6 +109,16 @@ def backbone_inputs(
 
 
 @torch.no_grad()
+def backbone_outputs(backbone: Any, x: torch.Tensor, device: torch.device, *, amp: bool = True,
+                     tokens: bool = False) -> np.ndarray:
+    """Backbone outputs of prepared inputs ``x`` as float16 rows (what caches store and what
+    codes are computed from): the one forward of extraction, encoding and query encoding."""
+    with autocast_for(device, amp):
+        f = backbone.forward_tokens(x) if tokens else backbone(x)
+    return f.float().cpu().numpy().astype(np.float16)
+
+
+@torch.no_grad()
 def extract_features(
     backbone: Any,
     images: Any,
@@ -138,9 +148,7 @@ def extract_features(
             hi = min(lo + batch_size, len(indices))
             batch = images[indices[lo:hi]]
             x = backbone_inputs(backbone, batch, transform, device, generator=generator)
-            with autocast_for(device, amp):
-                f = backbone.forward_tokens(x) if tokens else backbone(x)
-            f = f.float().cpu().numpy().astype(np.float16)
+            f = backbone_outputs(backbone, x, device, amp=amp, tokens=tokens)
             if out is None:
                 out = np.empty((len(indices), *f.shape[1:]), dtype=np.float16)
             out[lo:hi] = f

@@ -25,15 +25,15 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from contrahash.index import (
+from contrahash.hamming import (
     PackedDatabase,
-    _require_torch,
-    _to_numpy,
     code_bits,
     hamming_distance_rows,
     hamming_topk,
     is_tensor,
     packed_words,
+    require_torch,
+    to_numpy,
     torch_distances,
     torch_signed,
     torch_topk,
@@ -69,7 +69,7 @@ class MapResult(NamedTuple):
 def _torch_device(device: Any, *arrays: Any) -> Any:
     """The torch device to compute on, or None for the numpy backend."""
     if device is not None:
-        return _require_torch().device(device)
+        return require_torch().device(device)
     for a in arrays:
         if is_tensor(a) and a.is_cuda:
             return a.device
@@ -97,7 +97,7 @@ class _Labels:
     """
 
     def __init__(self, query_labels: Any, db_labels: Any, n_query: int, n_db: int) -> None:
-        ql, dl = _to_numpy(query_labels), _to_numpy(db_labels)
+        ql, dl = to_numpy(query_labels), to_numpy(db_labels)
         for name, a, n in (("query_labels", ql, n_query), ("db_labels", dl, n_db)):
             if a.ndim not in (1, 2) or a.shape[0] != n:
                 raise ValueError(
@@ -146,7 +146,7 @@ class _Labels:
 
     # torch --------------------------------------------------------------------------------
     def to_torch(self, device: Any) -> tuple[Any, Any]:
-        torch = _require_torch()
+        torch = require_torch()
         q = torch.from_numpy(self.q.view(np.int64) if self.kind == "multi" else self.q)
         db = torch.from_numpy(self.db.view(np.int64) if self.kind == "multi" else self.db)
         return q.to(device), db.to(device)
@@ -229,7 +229,7 @@ class _Engine:
                 n_all[s : s + c] = np.bincount(flat, minlength=c * width).reshape(c, width)
                 n_rel[s : s + c] = np.bincount(flat[rel], minlength=c * width).reshape(c, width)
             return n_all, n_rel
-        torch = _require_torch()
+        torch = require_torch()
         rows = self.chunk_size or max(1, (1 << 24) // self.n_db)
         for s in range(0, self.n_query, rows):
             sl = slice(s, min(self.n_query, s + rows))

@@ -1,45 +1,82 @@
-"""The one training loop shared by every method: feature-cache and end-to-end paths.
+"""The training loop, at the top of the run's pieces: what ``contrahash train`` calls.
 
-:func:`train_run` is what ``contrahash train`` calls. It writes a run directory holding the
-resolved config, the split lists, metrics per epoch (JSONL), checkpoints (safetensors for
-weights, a torch file for optimiser and RNG state, both written atomically), the codes, the
-retrieval results, the environment and the exact command. ``resume=True`` continues from
-the last finished epoch; every epoch draws its randomness from generators seeded by
-``(seed, epoch)``, so a resumed CPU run ends with the same codes as an uninterrupted one.
-The model of the last epoch is kept: nothing is selected on labelled query data.
+:func:`train_run` assembles a run from its pieces — the run directory
+(:mod:`contrahash.rundir`), the model (:mod:`contrahash.model`), the feature provider
+(:mod:`contrahash.providers`), neighbour mining (:mod:`contrahash.neighbours`) and the
+evaluator (:mod:`contrahash.evaluation`) — and drives the one epoch loop,
+:func:`train_epochs`, which :func:`train_on_features` (heads on in-memory features) uses too.
+
+Every epoch draws its randomness from generators seeded by ``(seed, epoch)`` and a checkpoint
+holds the optimiser and RNG state, so a resumed CPU run ends with the same codes as an
+uninterrupted one. The model of the last epoch is kept: nothing is selected on labelled query
+data. Progress of every phase goes to a callback (:mod:`contrahash.progress`).
 """
 
 from __future__ import annotations
 
 import math
 import os
-import sys
+import random
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from contrahash.config import TrainConfig
-from contrahash.features import FeatureCache, autocast_for, backbone_inputs
-from contrahash.io import atomic_write
+from contrahash.config import TrainConfig, expand_source
+from contrahash.features import FeatureCache
 from contrahash.methods.base import HashMethod, OptimSpec, StepInfo
+from contrahash.model import HashingModel, build_model, select_device
+from contrahash.neighbours import NeighbourMining
+from contrahash.progress import Progress, ProgressCallback, as_progress
+from contrahash.providers import Epoch, FeatureProvider, feature_view_batches, make_provider
+from contrahash.rundir import RunDirectory
 
-#: a batch: per-view method inputs, and the batch rows' positions in the training split
-Batch = tuple[list[torch.Tensor], torch.Tensor]
+__all__ = [
+    "RunResult",
+    "Trainer",
+    "TrainingError",
+    "default_run_dir",
+    "make_optimizer",
+    "resolve_optim",
+    "run_epoch",
+    "train_epochs",
+    "train_on_features",
+    "train_run",
+]
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on (non-finite loss, inconsistent resume); the message says why."""
 
 
-# ----------------------------------------------------------------------------- primitives
-def make_optimizer(
-    spec: OptimSpec, head_params: Sequence[torch.nn.Parameter], backbone_params=()
-) -> torch.optim.Optimizer:
+@dataclass
+class RunResult:
+    """What a run produced (``reused``: it had finished before and nothing was recomputed)."""
+
+    run_dir: Path
+    results: dict[str, Any]
+    epochs: list[dict[str, float]] = field(default_factory=list)
+    train_seconds: float = 0.0
+    images_per_second: float = 0.0
+    reused: bool = False
+
+
+# ----------------------------------------------------------------------------- optimiser
+def resolve_optim(method: HashMethod, overrides: dict[str, Any]) -> OptimSpec:
+    """The method's default recipe with config overrides, unknown keys named."""
+    known = {f.name for f in fields(OptimSpec)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"optim: unknown key(s) {unknown}; known keys: {sorted(known)}")
+    return OptimSpec(**{**asdict(method.default_optim), **overrides})
+
+
+def make_optimizer(spec: OptimSpec, head_params: Sequence[torch.nn.Parameter],
+                   backbone_params: Sequence[torch.nn.Parameter] = ()) -> torch.optim.Optimizer:
     """Adam or SGD over the method's parameters (and a backbone group at lr × scale)."""
     groups = [{"params": [p for p in head_params if p.requires_grad], "lr": spec.lr}]
     backbone_params = [p for p in backbone_params if p.requires_grad]
@@ -50,9 +87,8 @@ def make_optimizer(
     if spec.name == "adam":
         return torch.optim.Adam(groups, lr=spec.lr, weight_decay=spec.weight_decay)
     if spec.name == "sgd":
-        return torch.optim.SGD(
-            groups, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay
-        )
+        return torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum,
+                               weight_decay=spec.weight_decay)
     raise ValueError(f"optim.name must be 'adam' or 'sgd', got '{spec.name}'")
 
 
@@ -68,109 +104,47 @@ def set_epoch_lr(optimizer: torch.optim.Optimizer, spec: OptimSpec, epoch: int, 
     return optimizer.param_groups[0]["lr"]
 
 
-def resolve_optim(method: HashMethod, overrides: dict[str, Any]) -> OptimSpec:
-    """The method's default recipe with config overrides, unknown keys named."""
-    known = {f.name for f in fields(OptimSpec)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ValueError(f"optim: unknown key(s) {unknown}; known keys: {sorted(known)}")
-    base = {f.name: getattr(method.default_optim, f.name) for f in fields(OptimSpec)}
-    return OptimSpec(**{**base, **overrides})
+def batch_size_for(method: HashMethod, spec: OptimSpec, n: int) -> int:
+    """The batch size a run uses: the recipe's, capped by the data and the method."""
+    batch = min(spec.batch_size, n)
+    if method.max_batch is not None:
+        batch = min(batch, method.max_batch)
+    if batch < 2:
+        raise ValueError(f"training needs at least 2 images per batch, have {n} training images")
+    return batch
 
 
-def feature_view_batches(
-    views: torch.Tensor,
-    batch_size: int,
-    n_views: int,
-    generator: torch.Generator,
-    neighbours: np.ndarray | None = None,
-    neighbour_prob: float = 0.0,
-    neighbour_features: torch.Tensor | None = None,
-    recipes: int = 1,
-) -> Iterator[Batch]:
-    """Batches of ``n_views`` distinct cached views per image (one epoch, shuffled, full batches).
-
-    With ``recipes`` > 1 the cache's column j was made with recipe ``j % recipes`` and view
-    position p of a batch only draws from columns of recipe ``p % recipes`` (HARR's strong /
-    RandAugment / weak views stay in their roles).
-
-    ``views`` is [N, V, ...]. With ``neighbours`` ([N, k]) the last view is, with probability
-    ``neighbour_prob``, taken from a random neighbour: a random cached view of it when
-    ``neighbours`` index rows of ``views``, or its (un-augmented) feature when
-    ``neighbour_features`` ([P, ...], e.g. an unlabelled pool) is given and indexed instead.
-    """
-    n, v = views.shape[0], views.shape[1]
-    if 1 < v < n_views:
-        raise ValueError(f"feature cache holds {v} views per image, the method needs {n_views}")
-    order = torch.randperm(n, generator=generator)
-    for start in range(0, n - batch_size + 1, batch_size):
-        idx = order[start : start + batch_size]
-        picks = torch.argsort(torch.rand(batch_size, v, generator=generator), dim=1)[:, :n_views]
-        if v == 1:
-            picks = torch.zeros(batch_size, n_views, dtype=torch.long)
-        elif recipes > 1:
-            picks = _recipe_picks(batch_size, v, n_views, recipes, generator)
-        rows = idx.unsqueeze(1).expand(-1, n_views).clone()
-        pool_rows = None
-        if neighbours is not None and neighbour_prob > 0:
-            use = torch.rand(batch_size, generator=generator) < neighbour_prob
-            nb = torch.as_tensor(neighbours)[idx]
-            which = torch.randint(0, nb.shape[1], (batch_size,), generator=generator)
-            chosen = nb[torch.arange(batch_size), which]
-            if neighbour_features is None:
-                rows[:, -1] = torch.where(use, chosen, rows[:, -1])
-            else:
-                pool_rows = (use, chosen)
-        out = [views[rows[:, j], picks[:, j]].float() for j in range(n_views)]
-        if pool_rows is not None:
-            use, chosen = pool_rows
-            mask = use.view(-1, *([1] * (out[-1].ndim - 1)))
-            out[-1] = torch.where(mask, neighbour_features[chosen].float(), out[-1])
-        yield out, idx
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of an epoch's generators (batch order, view picks, augmentation)."""
+    return seed * 100_003 + epoch * 7_919 + 1
 
 
-def _recipe_picks(batch: int, v: int, n_views: int, recipes: int,
-                  generator: torch.Generator) -> torch.Tensor:
-    """Per view position p, a random cache column among those made with recipe p % recipes."""
-    cols = []
-    for p in range(n_views):
-        slots = torch.arange(p % recipes, v, recipes)
-        if len(slots) == 0:
-            raise ValueError(f"feature cache holds {v} views; recipe {p % recipes} has none")
-        cols.append(slots[torch.randint(0, len(slots), (batch,), generator=generator)])
-    return torch.stack(cols, dim=1)
-
-
+# ----------------------------------------------------------------------------- the loop
 def run_epoch(
     method: HashMethod,
     optimizer: torch.optim.Optimizer,
-    batches: Iterator[Batch],
+    epoch: Epoch,
     info: StepInfo,
-    forward: Callable[[list[torch.Tensor]], list[torch.Tensor]] | None = None,
-    on_step: Callable[[int, torch.Tensor], None] | None = None,
-    trainables: Sequence[torch.nn.Module] = (),
+    on_step: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
-    """One pass of optimisation steps; returns mean loss and mean loss parts.
+    """One pass of optimisation steps over ``epoch``'s batches; mean loss and loss parts.
 
-    ``forward`` maps a batch's per-view inputs (e.g. uint8 images) to the method's inputs
-    (backbone outputs); identity for cached features. Before each step the batch's positions
-    in the training split are put in ``method.batch_index`` (HARR's similarity lookup).
-
+    Each batch's positions in the training split reach the method as ``StepInfo.positions``.
     Losses are summed on the device and read once at the end of the epoch: no step waits for
     the GPU, so the host queues the next batch's augmentation while the GPU computes. A
-    non-finite loss is detected at the end of the epoch (before any checkpoint is written) and
-    reported with the step where it first appeared.
+    non-finite loss is detected at the end of the epoch (before any checkpoint is written)
+    and reported with the step where it first appeared.
     """
     method.train()
-    for module in trainables:
+    for module in epoch.trainables:
         module.train()
     sums: dict[str, torch.Tensor | float] = {}
     first_bad: torch.Tensor | None = None
     steps = 0
-    for step, (batch, index) in enumerate(batches):
+    for step, (batch, positions) in enumerate(epoch.batches):
         info.step = step
-        inputs = forward(batch) if forward is not None else batch
-        method.batch_index = index
+        info.positions = positions
+        inputs = epoch.forward(batch) if epoch.forward is not None else batch
         out = method.training_loss(inputs, info)
         loss = out.loss
         optimizer.zero_grad(set_to_none=True)
@@ -185,14 +159,76 @@ def run_epoch(
         for key, part in out.parts.items():
             sums[key] = sums.get(key, 0.0) + part
         if on_step is not None:
-            on_step(len(index), value)
-    method.batch_index = None
+            on_step(len(positions))
+    info.positions = None
     if first_bad is not None and int(first_bad) >= 0:
         raise TrainingError(
             f"non-finite loss at epoch {info.epoch + 1}, step {int(first_bad) + 1}; "
             "try a lower optim.lr. The last good checkpoint is kept."
         )
     return {key: float(v) / max(1, steps) for key, v in sums.items()}
+
+
+EpochFactory = Callable[[int, torch.Generator], Epoch]
+
+
+def train_epochs(
+    method: HashMethod,
+    optimizer: torch.optim.Optimizer,
+    spec: OptimSpec,
+    epochs_for: EpochFactory,
+    *,
+    steps_per_epoch: int,
+    images_per_epoch: int,
+    seed: int = 0,
+    start_epoch: int = 0,
+    device: torch.device | None = None,
+    before_epoch: Callable[[int], None] | None = None,
+    after_epoch: Callable[[dict[str, Any]], bool] | None = None,
+    progress: Progress | ProgressCallback | None = None,
+) -> list[dict[str, Any]]:
+    """The one epoch loop: epochs ``start_epoch … spec.epochs - 1`` of :func:`run_epoch`.
+
+    ``epochs_for(epoch, generator)`` makes an epoch's batches from the epoch's seeded
+    generator; ``before_epoch(epoch)`` runs first (e.g. neighbour re-mining);
+    ``after_epoch(record)`` gets each epoch's record (checkpoint, log) and returns False to
+    stop early. Returns the records of the epochs run.
+    """
+    progress = as_progress(progress)
+    sync = device is not None and device.type == "cuda"
+    logs: list[dict[str, Any]] = []
+    for epoch in range(start_epoch, spec.epochs):
+        if before_epoch is not None:
+            before_epoch(epoch)
+        lr = set_epoch_lr(optimizer, spec, epoch, spec.epochs)
+        torch.manual_seed(epoch_seed(seed, epoch))  # dropout and other in-loss draws
+        generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
+        info = StepInfo(epoch=epoch, epochs=spec.epochs, steps_per_epoch=steps_per_epoch)
+        batches = epochs_for(epoch, generator)
+        seen = [0]
+        with progress.phase("training", images_per_epoch, epoch=epoch + 1,
+                            epochs=spec.epochs) as phase:
+
+            def on_step(n: int, seen: list[int] = seen, phase: Any = phase) -> None:
+                seen[0] += n
+                phase.advance(n)
+
+            if sync:
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            stats = run_epoch(method, optimizer, batches, info, on_step)
+            if sync:
+                torch.cuda.synchronize()
+            dt = time.perf_counter() - t
+            phase.advance(0, loss=stats.get("loss"))
+        record = {"epoch": epoch + 1, "lr": lr, "seconds": round(dt, 3),
+                  "images_per_second": round(seen[0] / dt, 1) if dt else 0.0,
+                  "images": seen[0], **stats}
+        logs.append(record)
+        if after_epoch is not None and after_epoch(record) is False:
+            break
+    method.eval()
+    return logs
 
 
 def train_on_features(
@@ -205,11 +241,13 @@ def train_on_features(
     neighbours: np.ndarray | None = None,
     neighbour_prob: float = 0.0,
     neighbour_features: torch.Tensor | None = None,
-) -> list[dict[str, float]]:
+) -> list[dict[str, Any]]:
     """Train a method's heads from precomputed backbone outputs of augmented views.
 
     ``views``: [N, V, d] (or [N, V, T, d] token grids); each step draws ``method.n_views``
-    distinct views per image. Returns the per-epoch mean losses.
+    distinct views per image; ``neighbours`` ([N, k] rows of ``views``, or of
+    ``neighbour_features``) feed the last view with probability ``neighbour_prob``. Returns
+    the per-epoch records.
 
     >>> from contrahash.methods import build_method
     >>> m = build_method("cibhash", feature_dim=8, bits=[8])
@@ -219,123 +257,21 @@ def train_on_features(
     2
     """
     spec = optim or method.default_optim
-    epochs = spec.epochs if epochs is None else epochs
-    batch = _batch_size(method, spec, views.shape[0])
+    if epochs is not None:
+        spec = OptimSpec(**{**asdict(spec), "epochs": epochs})
+    batch = batch_size_for(method, spec, views.shape[0])
     optimizer = make_optimizer(spec, list(method.parameters()))
-    logs = []
-    for epoch in range(epochs):
-        set_epoch_lr(optimizer, spec, epoch, epochs)
-        generator = torch.Generator().manual_seed(_epoch_seed(seed, epoch))
-        info = StepInfo(epoch=epoch, epochs=epochs, steps_per_epoch=views.shape[0] // batch)
-        batches = feature_view_batches(
-            views, batch, method.n_views, generator, neighbours, neighbour_prob, neighbour_features
-        )
-        logs.append(run_epoch(method, optimizer, batches, info))
-    method.eval()
-    return logs
 
+    def epochs_for(epoch: int, generator: torch.Generator) -> Epoch:
+        return Epoch(feature_view_batches(views, batch, method.n_views, generator, neighbours,
+                                          neighbour_prob, neighbour_features))
 
-def encode_features(
-    method: HashMethod, features: torch.Tensor | np.ndarray, chunk: int = 4096, device=None
-) -> dict[int, np.ndarray]:
-    """±1 int8 codes per code length for test-time features, in chunks."""
-    method.eval()
-    device = device or next(iter(method.parameters()), torch.empty(0)).device
-    parts: dict[int, list[np.ndarray]] = {k: [] for k in method.bits}
-    with torch.no_grad():
-        for start in range(0, features.shape[0], chunk):
-            block = torch.as_tensor(np.asarray(features[start : start + chunk])).float().to(device)
-            for k, c in method.encode(block).items():
-                parts[k].append(c.to("cpu", torch.int8).numpy())
-    return {k: np.concatenate(v) for k, v in parts.items()}
-
-
-def _epoch_seed(seed: int, epoch: int) -> int:
-    return seed * 100_003 + epoch * 7_919 + 1
-
-
-def _batch_size(method: HashMethod, spec: OptimSpec, n: int) -> int:
-    batch = min(spec.batch_size, n)
-    if method.max_batch is not None:
-        batch = min(batch, method.max_batch)
-    if batch < 2:
-        raise ValueError(f"training needs at least 2 images per batch, have {n} training images")
-    return batch
-
-
-def mine_neighbours(
-    anchors: np.ndarray, pool: np.ndarray, k: int, self_index: np.ndarray | None = None,
-    device: torch.device | str = "cpu", chunk: int = 1024,
-) -> np.ndarray:
-    """Indices (into ``pool``) of each anchor's ``k`` nearest pool items by cosine.
-
-    ``self_index[i]`` is anchor i's own row in ``pool`` (excluded), or -1 when absent.
-    """
-    device = torch.device(device)
-    pool_t = torch.nn.functional.normalize(torch.as_tensor(np.asarray(pool)).float().to(device), dim=1)
-    out = np.empty((len(anchors), k), dtype=np.int64)
-    for lo in range(0, len(anchors), chunk):
-        a = torch.as_tensor(np.asarray(anchors[lo : lo + chunk])).float().to(device)
-        sim = torch.nn.functional.normalize(a, dim=1) @ pool_t.t()
-        if self_index is not None:
-            own = torch.as_tensor(self_index[lo : lo + chunk], device=device)
-            valid = own >= 0
-            rows = torch.arange(len(own), device=device)[valid]
-            sim[rows, own[valid]] = -float("inf")
-        out[lo : lo + len(a)] = sim.topk(k, dim=1).indices.cpu().numpy()
-    return out
-
-
-def make_image_forward(
-    backbone: Any,
-    augmenters: Sequence[Callable[..., torch.Tensor]],
-    device: torch.device,
-    *,
-    amp: bool = True,
-    channels_last: bool = True,
-    tokens: bool = False,
-    generator: torch.Generator | None = None,
-) -> Callable[[list[torch.Tensor]], list[torch.Tensor]]:
-    """Batch forward for the end-to-end path: uint8 view batches → backbone outputs per view.
-
-    Each view gets its own augmenter; all views go through the backbone in one call (bf16
-    autocast and channels-last on CUDA); a frozen backbone runs without autograd.
-    """
-    frozen = not any(p.requires_grad for p in backbone.parameters())
-
-    def forward(views: list[torch.Tensor]) -> list[torch.Tensor]:
-        xs = [backbone_inputs(backbone, v, aug, device, channels_last, generator)
-              for v, aug in zip(views, augmenters, strict=True)]
-        x = torch.cat(xs)
-        with autocast_for(device, amp), torch.set_grad_enabled(not frozen and torch.is_grad_enabled()):
-            f = backbone.forward_tokens(x) if tokens else backbone(x)
-        return list(f.float().chunk(len(views)))
-
-    return forward
+    steps = views.shape[0] // batch
+    return train_epochs(method, optimizer, spec, epochs_for, steps_per_epoch=steps,
+                        images_per_epoch=steps * batch, seed=seed)
 
 
 # ----------------------------------------------------------------------------- a run
-@dataclass
-class RunResult:
-    """What a finished run produced."""
-
-    run_dir: Path
-    results: dict[str, Any]
-    epochs: list[dict[str, float]] = field(default_factory=list)
-    train_seconds: float = 0.0
-    images_per_second: float = 0.0
-
-
-def select_device(name: str) -> torch.device:
-    """'auto' → CUDA when available, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device: 'cuda' requested but no CUDA device is available")
-    return device
-
-
 def default_run_dir(cfg: TrainConfig) -> Path:
     """runs/<name> or runs/<method>-<source>-<timestamp>."""
     if cfg.name:
@@ -346,154 +282,210 @@ def default_run_dir(cfg: TrainConfig) -> Path:
 
 
 def train_run(
-    cfg: TrainConfig,
+    cfg: TrainConfig | None,
     run_dir: str | os.PathLike | None = None,
     *,
     resume: bool = False,
     command: str | None = None,
-    progress: bool = True,
+    progress: ProgressCallback | None = None,
     shared_cache: FeatureCache | None = None,
     stop_after_epoch: int | None = None,
 ) -> RunResult:
-    """Train ``cfg.method`` end to end and evaluate it; see the module docstring.
+    """Train ``cfg.method`` and evaluate it in a run directory; see the module docstring.
 
-    ``stop_after_epoch`` interrupts after that many epochs (tests of resume).
+    ``resume=True`` continues the run in ``run_dir`` from its last checkpoint (its own
+    config.yaml is used; ``cfg`` is ignored). ``shared_cache`` lets several runs share one
+    feature cache; ``stop_after_epoch`` interrupts after that many epochs (tests of resume).
     """
-    from contrahash.runs import RunContext  # run-directory plumbing lives there
+    if run_dir is None and cfg is None:
+        raise ValueError("train_run: give a config, or the run directory to resume")
+    run = RunDirectory(run_dir if run_dir is not None else default_run_dir(cfg))
+    return Trainer(run, cfg, resume=resume, command=command, progress=as_progress(progress),
+                   shared_cache=shared_cache).fit(stop_after_epoch=stop_after_epoch)
 
-    ctx = RunContext.create(cfg, run_dir or default_run_dir(cfg), resume=resume, command=command)
-    ctx.shared_cache = shared_cache
-    return _Trainer(ctx, progress=progress).fit(stop_after_epoch=stop_after_epoch)
 
+class Trainer:
+    """One run from its directory to its results (:func:`train_run` is the entry point)."""
 
-class _Trainer:
-    def __init__(self, ctx: Any, progress: bool = True):
-        self.ctx = ctx
-        self.cfg: TrainConfig = ctx.cfg
-        self.progress = progress and sys.stderr.isatty()
+    def __init__(self, run: RunDirectory, cfg: TrainConfig | None, *, resume: bool = False,
+                 command: str | None = None, progress: Progress | ProgressCallback | None = None,
+                 shared_cache: FeatureCache | None = None) -> None:
+        self.run = run
+        self.cfg = cfg
+        self.resume = resume
+        self.command = command
+        self.progress = as_progress(progress)
+        self.shared_cache = shared_cache
+        self.completed_epochs = 0
 
-    # -- orchestration ---------------------------------------------------------------
-    def fit(self, stop_after_epoch: int | None = None) -> RunResult:
-        ctx, cfg = self.ctx, self.cfg
-        ctx.setup()  # seeds, device, data, split, backbone, method
-        method = ctx.method
-        spec = resolve_optim(method, cfg.optim)
-        # every hyper-parameter in effect, defaults included: config.yaml holds only what was set
-        method_config = asdict(method.config) if is_dataclass(method.config) else {}
-        ctx.log_event("start", optim=spec.__dict__, method_config=method_config,
-                      device=str(ctx.device))
-        t0 = time.perf_counter()
-        epochs_log: list[dict[str, float]] = []
-        images_seen = 0
-        train_time = 0.0
-        if not method.trainable:
-            method.fit(torch.as_tensor(np.asarray(ctx.train_clean_features())).float())
+    # -- set-up ------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Seeds, device, dataset, split, model, feature provider; environment.json."""
+        from contrahash.data import load_source
+        from contrahash.environment import environment_info
+        from contrahash.protocols import split_for_run
+        from contrahash.runtime import tune_cpu_allocator
+
+        cfg = self.cfg
+        self.device = select_device(cfg.device)
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed % 2**32)  # noqa: NPY002 - global RNG some libraries use
+        torch.manual_seed(cfg.seed)
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
         else:
-            if getattr(method, "needs_fit", False):
-                method.fit(torch.as_tensor(np.asarray(ctx.train_clean_features())).float().to(ctx.device))
-            epochs_log, images_seen, train_time = self._train(spec, stop_after_epoch)
-            if stop_after_epoch is not None and len(epochs_log) >= stop_after_epoch and (
-                ctx.completed_epochs < spec.epochs
-            ):
-                return RunResult(ctx.run_dir, {}, epochs_log, train_time)
-        ctx.save_model()
-        results = ctx.evaluate()
+            tune_cpu_allocator()
+        with self.progress.phase("data loading", None, unit="source", source=cfg.data.source):
+            self.dataset = load_source(expand_source(cfg.data.source),
+                                       image_root=cfg.data.image_root,
+                                       cache_dir=cfg.data.cache_dir)
+        self.run.track("split")
+        self.split = split_for_run(self.run.path, cfg.data.protocol, self.dataset,
+                                   seed=cfg.data.seed, **cfg.data.protocol_options)
+        self.model: HashingModel = build_model(cfg, self.device)
+        self.provider: FeatureProvider = make_provider(
+            self.model, self.dataset, self.split, cfg,
+            self.shared_cache or FeatureCache(cfg.cache.dir), self.progress)
+        env = environment_info(self.device)
+        env.update(dataset=self.dataset.name, dataset_fingerprint=self.dataset.fingerprint,
+                   images=len(self.dataset.images), skipped_files=self.dataset.n_skipped,
+                   skipped_examples=[list(s) for s in self.dataset.skipped[:20]],
+                   split_hashes=self.run.split_hashes())
+        self.run.write_environment(env, resumed=self.resume)
+
+    # -- orchestration -------------------------------------------------------------------
+    def fit(self, stop_after_epoch: int | None = None) -> RunResult:
+        """Set up, train (or fit), save the model, evaluate, write results.json."""
+        if self.resume:
+            self.cfg = self.run.open_for_resume(self.command)
+            if self.run.state() == "finished":
+                results = self.run.read_json("results.json")
+                return RunResult(self.run.path, results, self.run.epoch_records(),
+                                 float(results.get("train_seconds") or 0.0),
+                                 float(results.get("images_per_second") or 0.0), reused=True)
+        else:
+            self.run.create(self.cfg, self.command)
+        try:
+            self.setup()
+            method = self.model.method
+            spec = resolve_optim(method, self.cfg.optim)
+        except Exception:
+            if not self.resume:
+                self.run.abandon()  # a failed start leaves nothing behind
+            raise
+        method_config = asdict(method.config)
+        # every hyper-parameter in effect, defaults included: config.yaml holds only what was set
+        self.run.log_event("start", optim=spec.__dict__, method_config=method_config,
+                           device=str(self.device), provider=type(self.provider).__name__)
+        t0 = time.perf_counter()
+        logs: list[dict[str, Any]] = []
+        if not method.trainable:
+            method.fit(torch.as_tensor(self.provider.clean_features(self.split.train)).float())
+        else:
+            if method.needs_fit:
+                method.fit(torch.as_tensor(self.provider.clean_features(self.split.train))
+                           .float().to(self.device))
+            logs = self._train(spec, stop_after_epoch)
+            if stop_after_epoch is not None and self.completed_epochs < spec.epochs:
+                return RunResult(self.run.path, {}, logs, _train_seconds(logs))
+        self.run.save_model(self.model.weights(),
+                            {"method": self.cfg.method, "bits": ",".join(map(str, self.cfg.bits))})
+        results = self.evaluate()
+        train_seconds = _train_seconds(logs)
+        images = sum(int(r.get("images", 0)) for r in logs)
         results["method_config"] = method_config
         results["optim"] = dict(spec.__dict__)
-        results["train_seconds"] = round(train_time, 3)
-        results["images_per_second"] = round(images_seen / train_time, 1) if train_time else 0.0
+        results["train_seconds"] = round(train_seconds, 3)
+        results["images_per_second"] = round(images / train_seconds, 1) if train_seconds else 0.0
         results["total_seconds"] = round(time.perf_counter() - t0, 3)
-        ctx.write_results(results)
-        return RunResult(ctx.run_dir, results, epochs_log, train_time,
-                         results["images_per_second"])
+        self.run.write_results(results)
+        return RunResult(self.run.path, results, logs, train_seconds, results["images_per_second"])
 
-    # -- the loop --------------------------------------------------------------------
-    def _train(self, spec: OptimSpec, stop_after_epoch: int | None):
-        ctx, method, backbone = self.ctx, self.ctx.method, self.ctx.backbone
-        epochs = spec.epochs
-        n_train = len(ctx.split.train)
-        batch = _batch_size(method, spec, n_train)
-        backbone_params = [p for p in backbone.parameters() if p.requires_grad]
-        optimizer = make_optimizer(spec, list(method.parameters()), backbone_params)
-        start_epoch = ctx.load_checkpoint(optimizer)
-        use_cache = ctx.use_cache
-        if use_cache:
-            views = torch.from_numpy(np.array(ctx.cached_views()))  # in RAM: sampled every step
-            nb, nb_feats = ctx.neighbours_for_cache()
-        else:
-            nb = ctx.neighbours_for_images()
-            nb_feats = None
-        prob = float(getattr(method.config, "neighbour_prob", 0.0)) if nb is not None else 0.0
-        logs: list[dict[str, float]] = []
-        images_seen, train_time = 0, 0.0
+    def evaluate(self) -> dict[str, Any]:
+        """Encode, save the codes, compute the metrics (see :mod:`contrahash.evaluation`)."""
+        from contrahash.evaluation import evaluate
+
+        return evaluate(self.model, self.provider.test_features, self.dataset.labels, self.split,
+                        self.cfg.evaluate_on, method_name=self.cfg.method, run=self.run,
+                        progress=self.progress)
+
+    # -- training ----------------------------------------------------------------------
+    def _train(self, spec: OptimSpec, stop_after_epoch: int | None) -> list[dict[str, Any]]:
+        method, model, provider = self.model.method, self.model, self.provider
+        n_train = len(self.split.train)
+        batch = batch_size_for(method, spec, n_train)
+        optimizer = make_optimizer(spec, list(method.parameters()),
+                                   [p for p in model.backbone.parameters() if p.requires_grad])
+        start_epoch = self._load_checkpoint(optimizer)
+        provider.prepare()
+        mining = self._neighbour_mining()
+        spec_nb = method.neighbours()
+        if mining is not None:
+            provider.use_neighbours(mining.initial(provider.clean_features), spec_nb)
+
+        def before_epoch(epoch: int) -> None:
+            if mining is not None and mining.refresh_due(epoch):  # re-mine from the model
+                provider.use_neighbours(mining.refreshed(epoch, self._embedding), spec_nb)
+
+        def after_epoch(record: dict[str, Any]) -> bool:
+            self._save_checkpoint(optimizer, record["epoch"])
+            self.run.log_epoch(record)
+            done = len(logs_seen) + 1
+            logs_seen.append(record)
+            return not (stop_after_epoch is not None and done >= stop_after_epoch)
+
+        logs_seen: list[dict[str, Any]] = []
         steps = n_train // batch
-        refresh = ctx.neighbour_refresh() if nb is not None else 0
-        for epoch in range(start_epoch, epochs):
-            if refresh and epoch > 0 and epoch % refresh == 0:  # re-mine from the current model
-                if use_cache:
-                    nb, nb_feats = ctx.neighbours_for_cache(refresh_epoch=epoch)
-                else:
-                    nb = ctx.neighbours_for_images(refresh_epoch=epoch)
-            lr = set_epoch_lr(optimizer, spec, epoch, epochs)
-            torch.manual_seed(_epoch_seed(self.cfg.seed, epoch))  # dropout etc.
-            generator = torch.Generator().manual_seed(_epoch_seed(self.cfg.seed, epoch))
-            info = StepInfo(epoch=epoch, epochs=epochs, steps_per_epoch=steps)
-            if use_cache:
-                batches = feature_view_batches(views, batch, method.n_views, generator, nb, prob,
-                                               nb_feats, recipes=ctx.cache_recipes)
-                batches = ((list(v.to(ctx.device) for v in b), i) for b, i in batches)
-                forward, trainables = None, ()
-            else:
-                batches = ctx.image_batches(batch, generator, nb, prob)
-                forward, trainables = ctx.image_forward(generator), (backbone,)
-            seen = [0]
-            bar = ctx.progress_bar(epoch, epochs, steps) if self.progress else None
+        return train_epochs(method, optimizer, spec, lambda e, g: provider.epoch(batch, g),
+                            steps_per_epoch=steps, images_per_epoch=steps * batch,
+                            seed=self.cfg.seed, start_epoch=start_epoch, device=self.device,
+                            before_epoch=before_epoch, after_epoch=after_epoch,
+                            progress=self.progress)
 
-            def on_step(n: int, loss: torch.Tensor, seen=seen, bar=bar) -> None:
-                seen[0] += n
-                if bar is not None:
-                    bar(n, loss)
+    def _neighbour_mining(self) -> NeighbourMining | None:
+        spec = self.model.method.neighbours()
+        if spec is None:
+            return None
+        return NeighbourMining(spec, self.split.train, self.split.database,
+                               self.run.neighbours_path, device=self.device,
+                               labels=self.dataset.labels, log_event=self.run.log_event,
+                               progress=self.progress)
 
-            if ctx.device.type == "cuda":
-                torch.cuda.synchronize()
-            t = time.perf_counter()
-            stats = run_epoch(method, optimizer, batches, info, forward, on_step, trainables)
-            if ctx.device.type == "cuda":
-                torch.cuda.synchronize()
-            dt = time.perf_counter() - t
-            if bar is not None:
-                bar(None, None)
-            train_time += dt
-            images_seen += seen[0]
-            record = {"epoch": epoch + 1, "lr": lr, "seconds": round(dt, 3),
-                      "images_per_second": round(seen[0] / dt, 1) if dt else 0.0, **stats}
-            logs.append(record)
-            ctx.save_checkpoint(optimizer, epoch + 1)
-            ctx.log_epoch(record)
-            if stop_after_epoch is not None and len(logs) >= stop_after_epoch:
-                break
-        return logs, images_seen, train_time
+    def _embedding(self, indices: np.ndarray, chunk: int = 4096) -> torch.Tensor:
+        """``method.embed`` of the current model on un-augmented images (for re-mining)."""
+        out = []
+        for lo in range(0, len(indices), chunk):
+            feats = torch.as_tensor(np.asarray(self.provider.test_features(indices[lo:lo + chunk])))
+            out.append(self.model.method.embed(feats.float().to(self.device)).float().cpu())
+        return torch.cat(out)
 
+    # -- checkpoints -------------------------------------------------------------------
+    def _save_checkpoint(self, optimizer: torch.optim.Optimizer, epoch: int) -> None:
+        state = {"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
+                 "numpy_rng": np.random.get_state(),  # noqa: NPY002
+                 "python_rng": random.getstate()}
+        self.run.save_checkpoint(self.model.weights(), state, epoch)
+        self.completed_epochs = epoch
 
-def save_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
-                     metadata: dict[str, str] | None = None) -> None:
-    """Atomic safetensors write of CPU-contiguous copies."""
-    from safetensors.torch import save
-
-    clean = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    blob = save(clean, metadata=metadata)
-    atomic_write(path, lambda f: f.write(blob))
+    def _load_checkpoint(self, optimizer: torch.optim.Optimizer) -> int:
+        """Restore the last finished epoch if the run has one; the epoch to start at."""
+        loaded = self.run.load_checkpoint(self.device)
+        if loaded is None:
+            return 0
+        weights, state = loaded
+        self.model.load_weights(weights)
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        np.random.set_state(state["numpy_rng"])  # noqa: NPY002
+        random.setstate(state["python_rng"])
+        self.completed_epochs = int(state["epoch"])
+        self.run.log_event("resume", epoch=self.completed_epochs)
+        return self.completed_epochs
 
 
-__all__ = [
-    "RunResult",
-    "TrainingError",
-    "encode_features",
-    "feature_view_batches",
-    "make_optimizer",
-    "mine_neighbours",
-    "run_epoch",
-    "save_safetensors",
-    "train_on_features",
-    "train_run",
-]
+def _train_seconds(logs: Sequence[dict[str, Any]]) -> float:
+    return float(sum(r["seconds"] for r in logs))

@@ -6,7 +6,8 @@ The one training loop (:mod:`contrahash.train`) owns data, augmentation, backbon
 optimiser, checkpoints; the method owns heads, losses and how codes are read out.
 
 Configuration: each method declares a ``Config`` dataclass whose defaults follow
-``docs/methods.md``; :func:`build_method` rejects unknown keys with a message naming them.
+``docs/methods.md``; :func:`make_config` rejects unknown keys with a message naming them. The registry of
+methods by name is :data:`contrahash.methods.METHODS`.
 """
 
 from __future__ import annotations
@@ -34,14 +35,55 @@ class OptimSpec:
     schedule: str = "constant"  # "constant" | "cosine"
 
 
+class MethodConfig:
+    """Base of every method's ``Config`` dataclass: defaults follow ``docs/methods.md``;
+    :meth:`validate` (called by :func:`make_config`) raises ``ValueError`` naming the key."""
+
+    def validate(self) -> None:
+        """Check value ranges; the default accepts everything."""
+
+
+@dataclass(frozen=True)
+class NeighbourSpec:
+    """What a method asks of the trainer's neighbour mining (:mod:`contrahash.neighbours`).
+
+    Before training, each training image's ``k`` nearest neighbours are mined by cosine of the
+    frozen backbone's un-augmented features over ``pool`` (``"train"``: the training images;
+    ``"database"``: the unlabelled database images). At every step, with probability ``prob``
+    per image, the *last* view of the image's batch slot is replaced by a random one of its
+    neighbours (else it stays the image's own view). ``refresh`` > 0 re-mines every ``refresh``
+    epochs by cosine of :meth:`HashMethod.embed` of the model being trained. No labels are used.
+    """
+
+    k: int = 5
+    pool: str = "database"
+    prob: float = 1.0
+    refresh: int = 0
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ValueError(f"neighbour k must be >= 1, got {self.k}")
+        if self.pool not in ("train", "database"):
+            raise ValueError(f"neighbour pool must be 'train' or 'database', got '{self.pool}'")
+        if not 0.0 < self.prob <= 1.0:
+            raise ValueError(f"neighbour prob must be in (0, 1], got {self.prob}")
+        if self.refresh < 0:
+            raise ValueError(f"neighbour refresh must be >= 0 epochs, got {self.refresh}")
+
+
 @dataclass
 class StepInfo:
-    """Where training is; methods with schedules (e.g. FDBH's polarisation α) read it."""
+    """What a training step receives besides its views: where training is, and which images.
+
+    ``positions`` are the batch rows' positions in the training split — the row order of the
+    features :meth:`HashMethod.fit` was given (HARR looks up its similarity structure by them).
+    """
 
     epoch: int = 0
     epochs: int = 1
     step: int = 0
     steps_per_epoch: int = 1
+    positions: torch.Tensor | None = None
 
     @property
     def progress(self) -> float:
@@ -63,22 +105,42 @@ class LossOutput:
 
 
 class HashMethod(nn.Module):
-    """Base class of trainable and training-free hashing methods.
+    """Base class of trainable and training-free hashing methods: the whole method contract.
 
-    Subclasses set the class attributes, define ``Config`` and implement
-    :meth:`training_loss` and :meth:`encode`.
+    Everything the trainer may ask of a method is declared here, with its default:
+
+    ========================  ======================================================  ==========
+    member                    meaning                                                 default
+    ========================  ======================================================  ==========
+    ``name``                  registry name (the CLI vocabulary)                      —
+    ``input_kind``            ``"vector"`` ([N, d]) or ``"tokens"`` ([N, T, d])        vector
+    ``trainable``             False: training-free, everything happens in :meth:`fit`  True
+    ``needs_fit``             a trainable method that also wants :meth:`fit` first     False
+    ``augmentation``          augmentation recipe name (:mod:`contrahash.augment`)     contrastive
+    ``max_batch``             largest batch the loss supports                          None (any)
+    ``default_optim``         the method's optimisation recipe                         OptimSpec()
+    ``n_views``               views per image one step takes (may depend on config)   2
+    ``neighbours()``          a :class:`NeighbourSpec`, or None                        None
+    ``fit(features)``         fit from the training split's test-time features        nothing
+    ``training_loss(views,    loss of one batch; ``step.positions`` are the rows'     —
+    step)``                   positions in the training split
+    ``encode(features)``      ±1 codes per code length                                —
+    ``embed(features)``       continuous embedding for re-mining neighbours           refuses
+    ========================  ======================================================  ==========
 
     Inputs are backbone outputs: ``[N, d]`` feature vectors, or ``[N, T, d]`` token grids
-    when ``input_kind == "tokens"``.
+    when ``input_kind == "tokens"``. ``tests/test_method_contract.py`` checks every
+    registered method against this table; ``docs/architecture.md`` has the checklist for
+    adding a method.
     """
 
     name: ClassVar[str] = "base"
-    #: number of augmented views per image a training step needs (HARR uses 3)
-    n_views: ClassVar[int] = 2
     #: "vector" ([N, d]) or "tokens" ([N, T, d], e.g. ViT patch grid)
     input_kind: ClassVar[str] = "vector"
     #: False for LSH/PCAH/ITQ: they are fitted by :meth:`fit` on training features only
     trainable: ClassVar[bool] = True
+    #: a trainable method that needs :meth:`fit` on the training features before training
+    needs_fit: ClassVar[bool] = False
     #: augmentation recipe name (see contrahash.augment): "contrastive", "resize", "harr"
     augmentation: ClassVar[str] = "contrastive"
     #: largest batch the loss supports (NSH is O(N^3) in memory); None = any
@@ -86,7 +148,7 @@ class HashMethod(nn.Module):
     default_optim: ClassVar[OptimSpec] = OptimSpec()
 
     @dataclass
-    class Config:
+    class Config(MethodConfig):
         pass
 
     def __init__(self, feature_dim: int, bits: Sequence[int], config: Any | None = None):
@@ -100,30 +162,52 @@ class HashMethod(nn.Module):
         self.bits = bits
         self.config = config if config is not None else self.Config()
 
-    # -- training ---------------------------------------------------------------
+    # -- what the trainer asks ---------------------------------------------------------
+    @property
+    def n_views(self) -> int:
+        """Augmented views per image one training step takes (``views`` has this length)."""
+        return 2
+
+    def neighbours(self) -> NeighbourSpec | None:
+        """Neighbour positives this method wants mined and sampled, or None (the default).
+
+        With a spec, the last of the :attr:`n_views` views of an image is, with probability
+        ``spec.prob``, a view of one of its mined neighbours instead.
+        """
+        return None
+
+    # -- training ---------------------------------------------------------------------
     def fit(self, features: torch.Tensor) -> None:
         """Fit from training-set features before (or instead of) gradient training.
 
+        Called for every training-free method, and for trainable ones with ``needs_fit``,
+        with the training split's test-time (un-augmented) features in split order.
         Training-free methods (LSH, PCAH, ITQ) do all their work here; HARR builds its
         similarity structure here. Default: nothing.
         """
 
-    def training_loss(self, views: Sequence[torch.Tensor], info: StepInfo) -> LossOutput:
-        """Loss for one batch given backbone outputs of ``n_views`` augmented views.
+    def training_loss(self, views: Sequence[torch.Tensor], step: StepInfo) -> LossOutput:
+        """Loss for one batch given backbone outputs of :attr:`n_views` augmented views.
 
-        ``views[v][i]`` belongs to image i of the batch, view v.
+        ``views[v][i]`` belongs to image i of the batch, view v; ``step.positions[i]`` is
+        image i's position in the training split.
         """
         raise NotImplementedError
 
-    # -- inference ----------------------------------------------------------------
+    # -- inference --------------------------------------------------------------------
     @torch.no_grad()
     def encode(self, features: torch.Tensor) -> dict[int, torch.Tensor]:
         """±1 codes per code length for test-time (un-augmented) backbone outputs."""
         raise NotImplementedError
 
-    def extra_state_arrays(self) -> dict[str, torch.Tensor]:
-        """Non-parameter tensors to checkpoint (buffers are saved automatically)."""
-        return {}
+    @torch.no_grad()
+    def embed(self, features: torch.Tensor) -> torch.Tensor:
+        """Continuous embedding ``[N, e]`` of test-time features, compared by cosine when
+        neighbours are re-mined from the model (``NeighbourSpec.refresh``). Methods whose
+        neighbour spec can ask for a refresh must implement it."""
+        raise NotImplementedError(
+            f"method '{self.name}' has no embed(): it cannot re-mine neighbours from the model"
+        )
 
 
 def make_config(cls: type[HashMethod], overrides: Mapping[str, Any] | None) -> Any:
@@ -137,35 +221,8 @@ def make_config(cls: type[HashMethod], overrides: Mapping[str, Any] | None) -> A
             f"known keys: {sorted(fields)}"
         )
     cfg = cls.Config(**overrides)
-    validate = getattr(cfg, "validate", None)
-    if callable(validate):
-        validate()
+    cfg.validate()
     return cfg
-
-
-# name -> class; filled by contrahash.methods.__init__ (explicit, no import magic)
-METHODS: dict[str, type[HashMethod]] = {}
-
-
-def build_method(
-    name: str,
-    feature_dim: int,
-    bits: Sequence[int],
-    overrides: Mapping[str, Any] | None = None,
-) -> HashMethod:
-    """Instantiate a registered method by name.
-
-    >>> from contrahash.methods import build_method
-    >>> m = build_method("cibhash", feature_dim=32, bits=[16, 32])
-    >>> sorted(m.encode(torch.randn(4, 32)))
-    [16, 32]
-    """
-    from contrahash import methods as _registry  # noqa: F401  (fills METHODS)
-
-    if name not in METHODS:
-        raise ValueError(f"unknown method '{name}'; available: {sorted(METHODS)}")
-    cls = METHODS[name]
-    return cls(feature_dim, bits, make_config(cls, overrides))
 
 
 def mlp_head(d_in: int, hidden: int, d_out: int) -> nn.Sequential:

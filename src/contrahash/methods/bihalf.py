@@ -25,7 +25,7 @@ from torch import nn
 
 from contrahash.codes import bihalf_sign, sign_pm1
 from contrahash.losses import half_batch_similarity_mse
-from contrahash.methods.base import HashMethod, LossOutput, OptimSpec, StepInfo
+from contrahash.methods.base import HashMethod, LossOutput, MethodConfig, OptimSpec, StepInfo
 
 
 class LinearSimilarityHash(HashMethod):
@@ -33,11 +33,15 @@ class LinearSimilarityHash(HashMethod):
     (resized, un-augmented) view, trained to preserve feature cosine similarities; test code
     sign(h). Subclasses say how training codes are made and may add a term."""
 
-    n_views = 1
     augmentation = "resize"
     default_optim = OptimSpec(
         name="sgd", lr=1e-4, momentum=0.9, weight_decay=5e-4, batch_size=32, epochs=300
     )
+
+    @property
+    def n_views(self) -> int:
+        """One (resized, un-augmented) view per image."""
+        return 1
 
     def __init__(self, feature_dim: int, bits: Sequence[int], config=None):
         super().__init__(feature_dim, bits, config)
@@ -51,7 +55,7 @@ class LinearSimilarityHash(HashMethod):
         """An optional named extra term on the head output (weight included)."""
         return None
 
-    def training_loss(self, views: Sequence[torch.Tensor], info: StepInfo) -> LossOutput:
+    def training_loss(self, views: Sequence[torch.Tensor], step: StepInfo) -> LossOutput:
         features = views[0].float()
         total = features.new_zeros(())
         parts: dict[str, float] = {}
@@ -78,7 +82,7 @@ class BiHalf(LinearSimilarityHash):
     name = "bihalf"
 
     @dataclass
-    class Config:
+    class Config(MethodConfig):
         gamma: float = 6.0
 
         def validate(self) -> None:

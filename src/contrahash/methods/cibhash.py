@@ -17,7 +17,14 @@ from torch import nn
 
 from contrahash.codes import sign_st
 from contrahash.losses import nt_xent, symmetric_bernoulli_kl
-from contrahash.methods.base import HashMethod, LossOutput, OptimSpec, StepInfo, mlp_head
+from contrahash.methods.base import (
+    HashMethod,
+    LossOutput,
+    MethodConfig,
+    OptimSpec,
+    StepInfo,
+    mlp_head,
+)
 
 
 class CIBHash(HashMethod):
@@ -27,7 +34,7 @@ class CIBHash(HashMethod):
     default_optim = OptimSpec(name="adam", lr=1e-3, batch_size=64, epochs=80)
 
     @dataclass
-    class Config:
+    class Config(MethodConfig):
         hidden: int = 1024
         temperature: float = 0.3
         beta: float = 0.001
@@ -45,7 +52,7 @@ class CIBHash(HashMethod):
         """Bit probabilities p = sigmoid(head(f)) for one code length."""
         return torch.sigmoid(self.heads[str(bits)](features.float()))
 
-    def training_loss(self, views: Sequence[torch.Tensor], info: StepInfo) -> LossOutput:
+    def training_loss(self, views: Sequence[torch.Tensor], step: StepInfo) -> LossOutput:
         f1, f2 = views[0], views[1]
         total = f1.new_zeros((), dtype=torch.float32)
         parts: dict[str, float] = {}

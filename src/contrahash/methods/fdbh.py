@@ -44,7 +44,15 @@ from contrahash.losses import (
     nt_xent,
     polarization_loss,
 )
-from contrahash.methods.base import HashMethod, LossOutput, OptimSpec, StepInfo, mlp_head
+from contrahash.methods.base import (
+    HashMethod,
+    LossOutput,
+    MethodConfig,
+    NeighbourSpec,
+    OptimSpec,
+    StepInfo,
+    mlp_head,
+)
 
 FDO_MODES = ("standardize", "bihalf", "none")
 NEIGHBOUR_MODES = ("replace", "extra")
@@ -57,7 +65,7 @@ class FDBH(HashMethod):
     default_optim = OptimSpec(name="adam", lr=1e-3, batch_size=64, epochs=80)
 
     @dataclass
-    class Config:
+    class Config(MethodConfig):
         hidden: int = 1024
         temperature: float = 0.3
         fdo: str = "standardize"
@@ -75,8 +83,8 @@ class FDBH(HashMethod):
         neighbour_prob: float = 1.0
         neighbour_k: int = 5
         neighbour_pool: str = "database"
-        # "extra" (default since the validation sweep, results/sweeps/fdbh): +1.5-2 points
-        # over "replace" (the spec's neighbour_prob=0.5 replacement) on the CPU quick features
+        # "extra" was chosen on the 64 px validation sweep (results/sweeps/fdbh: +1.5-2 points
+        # over "replace"); at 224 px the ablation finds the two within ±1 point of each other
         neighbour_mode: str = "extra"
         neighbour_weight: float = 1.0
         neighbour_refresh: int = 0
@@ -98,14 +106,14 @@ class FDBH(HashMethod):
             if self.neighbour_refresh < 0:
                 raise ValueError(f"fdbh: neighbour_refresh must be >= 0 (epochs; 0 = never), "
                                  f"got {self.neighbour_refresh}")
+            if self.neighbour_k < 1:
+                raise ValueError(f"fdbh: neighbour_k must be >= 1, got {self.neighbour_k}")
             if self.neighbour_weight < 0:
                 raise ValueError(f"fdbh: neighbour_weight must be >= 0, got {self.neighbour_weight}")
 
     def __init__(self, feature_dim: int, bits: Sequence[int], config: Config | None = None):
         super().__init__(feature_dim, bits, config)
         c = self.config
-        # "extra" neighbour positives travel as a third view (the trainer fills the last view)
-        self.n_views = 3 if c.neighbour_mode == "extra" and c.neighbour_prob > 0 else 2
         self.encoders = nn.ModuleDict({str(k): mlp_head(feature_dim, c.hidden, k) for k in self.bits})
         self.fdo = nn.ModuleDict(
             {
@@ -118,18 +126,33 @@ class FDBH(HashMethod):
                 {str(k): mlp_head(k, c.hidden, feature_dim) for k in self.bits}
             )
 
+    @property
+    def n_views(self) -> int:
+        """Two views; three when the neighbour is an *extra* positive (the trainer puts the
+        neighbour in the last view)."""
+        c = self.config
+        return 3 if c.neighbour_mode == "extra" and c.neighbour_prob > 0 else 2
+
+    def neighbours(self) -> NeighbourSpec | None:
+        """Mined neighbours when ``neighbour_prob`` > 0 (the improved contrastive framework)."""
+        c = self.config
+        if c.neighbour_prob <= 0:
+            return None
+        return NeighbourSpec(k=c.neighbour_k, pool=c.neighbour_pool, prob=c.neighbour_prob,
+                             refresh=c.neighbour_refresh)
+
     def _balanced(self, u: torch.Tensor, k: int) -> torch.Tensor:
         """FDO standardisation (identity when FDO is not 'standardize')."""
         if self.config.fdo == "standardize":
             return self.fdo[str(k)](u)
         return u
 
-    def alpha(self, info: StepInfo) -> float:
+    def alpha(self, step: StepInfo) -> float:
         """Polarisation sharpness for the current point of training."""
         c = self.config
-        return c.alpha_start + (c.alpha_end - c.alpha_start) * info.progress
+        return c.alpha_start + (c.alpha_end - c.alpha_start) * step.progress
 
-    def training_loss(self, views: Sequence[torch.Tensor], info: StepInfo) -> LossOutput:
+    def training_loss(self, views: Sequence[torch.Tensor], step: StepInfo) -> LossOutput:
         c = self.config
         feats = [v.float() for v in views]
         n, m = feats[0].shape[0], len(feats)
@@ -143,7 +166,7 @@ class FDBH(HashMethod):
             if c.fdo == "bihalf":
                 b = torch.cat([bihalf_sign(u_hat[i * n:(i + 1) * n], c.bihalf_gamma) for i in range(m)])
             elif c.polarization:
-                b = sign_st(torch.tanh(self.alpha(info) * u_hat))
+                b = sign_st(torch.tanh(self.alpha(step) * u_hat))
             else:
                 b = sign_st(u_hat)
             loss_k = nt_xent(b[:n], b[n:2 * n], c.temperature)

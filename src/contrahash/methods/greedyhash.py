@@ -21,6 +21,7 @@ import torch
 
 from contrahash.codes import sign_st
 from contrahash.losses import cubic_quantization_loss
+from contrahash.methods.base import MethodConfig
 from contrahash.methods.bihalf import LinearSimilarityHash
 
 
@@ -30,7 +31,7 @@ class GreedyHash(LinearSimilarityHash):
     name = "greedyhash"
 
     @dataclass
-    class Config:
+    class Config(MethodConfig):
         alpha: float = 0.1
 
         def validate(self) -> None:

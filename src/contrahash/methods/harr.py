@@ -25,12 +25,11 @@ Official-code behaviour (docs/methods.md, "HARR"):
   fine-tuned), batch 64. The official run uses 800 epochs (its ``--max-iter``); our default is
   100 and may be overridden.
 
-**Trainer hooks.** ``needs_fit = True``: the trainer calls :meth:`fit` with the training split's
+**Contract.** ``needs_fit = True``: the trainer calls :meth:`fit` with the training split's
 test-time features before training. L_wta needs the WTA structure of the batch's images,
-i.e. their positions in the training split: the trainer sets ``method.batch_index`` (a
-``[B]`` long tensor of positions into the features given to :meth:`fit`) before each
-:meth:`training_loss` call (``contrahash.train.run_epoch`` does); a missing index raises a
-``RuntimeError``.
+i.e. their positions in the training split, which every step receives as
+``StepInfo.positions`` (a ``[B]`` long tensor of positions into the features given to
+:meth:`fit`); a step without them raises a ``RuntimeError``.
 """
 
 from __future__ import annotations
@@ -43,7 +42,7 @@ from torch import nn
 
 from contrahash.codes import sign_pm1
 from contrahash.losses import bit_correlation_loss, cosine_quantization_loss, wta_contrastive_loss
-from contrahash.methods.base import HashMethod, LossOutput, OptimSpec, StepInfo
+from contrahash.methods.base import HashMethod, LossOutput, MethodConfig, OptimSpec, StepInfo
 from contrahash.wta import wta_codes, wta_similarity, wta_threshold
 
 
@@ -51,7 +50,6 @@ class HARR(HashMethod):
     """WTA-structure-guided contrastive hashing with bit-correlation reduction (official code)."""
 
     name = "harr"
-    n_views = 3
     augmentation = "harr"
     #: the trainer calls fit(training-split test-time features) before gradient training
     needs_fit = True
@@ -60,8 +58,13 @@ class HARR(HashMethod):
         backbone_lr_scale=0.01,
     )
 
+    @property
+    def n_views(self) -> int:
+        """Three views, in the roles of the "harr" recipe: strong, RandAugment, weak."""
+        return 3
+
     @dataclass
-    class Config:
+    class Config(MethodConfig):
         n_perm: int = 512
         window: int = 8
         percentile: float = 0.3
@@ -93,8 +96,6 @@ class HARR(HashMethod):
         self.register_buffer("thr_count", torch.tensor(0, dtype=torch.long))
         self.register_buffer("pos", torch.tensor(0.0))
         self.register_buffer("neg", torch.tensor(0.0))
-        #: positions into the training split of the current batch's rows (set by the trainer)
-        self.batch_index: torch.Tensor | None = None
 
     # -- similarity structure -------------------------------------------------------
     @property
@@ -150,19 +151,20 @@ class HARR(HashMethod):
         """v = tanh(Linear(ReLU(f))) for one code length."""
         return self.heads[str(bits)](features.float())
 
-    def training_loss(self, views: Sequence[torch.Tensor], info: StepInfo) -> LossOutput:
+    def training_loss(self, views: Sequence[torch.Tensor], step: StepInfo) -> LossOutput:
         c = self.config
-        if self.batch_index is None:
+        if step.positions is None:
             raise RuntimeError(
-                "harr: set method.batch_index (positions of the batch rows in the training "
-                "split given to fit) before each training step"
+                "harr: a training step needs StepInfo.positions (the batch rows' positions in "
+                "the training split given to fit)"
             )
         strong, randaug, weak = views[0], views[1], views[2]
-        if len(self.batch_index) != weak.shape[0]:
+        if len(step.positions) != weak.shape[0]:
             raise ValueError(
-                f"harr: batch_index has {len(self.batch_index)} entries for a batch of {weak.shape[0]}"
+                f"harr: StepInfo.positions has {len(step.positions)} entries for a batch of "
+                f"{weak.shape[0]}"
             )
-        positives, w = self.batch_structure(self.batch_index)
+        positives, w = self.batch_structure(step.positions)
         positives, w = positives.to(weak.device), w.to(weak.device)
         thr, pos, neg = self.thr, float(self.pos), float(self.neg)
         total = weak.new_zeros((), dtype=torch.float32)

@@ -38,7 +38,7 @@ from torch import nn
 
 from contrahash.codes import sign_pm1
 from contrahash.losses import sorted_nce_loss, squared_quantization_loss
-from contrahash.methods.base import HashMethod, LossOutput, OptimSpec, StepInfo
+from contrahash.methods.base import HashMethod, LossOutput, MethodConfig, OptimSpec, StepInfo
 
 
 class NSH(HashMethod):
@@ -49,7 +49,7 @@ class NSH(HashMethod):
     default_optim = OptimSpec(name="adam", lr=1e-3, batch_size=64, epochs=60, backbone_lr_scale=0.01)
 
     @dataclass
-    class Config:
+    class Config(MethodConfig):
         latent_dim: int = 1024
         n_positives: int = 2
         temperature: float = 0.3
@@ -83,7 +83,7 @@ class NSH(HashMethod):
         """z = l2norm(Linear(f)) of the code length's latent head."""
         return F.normalize(self.latent_heads[str(bits)](features.float()), dim=1)
 
-    def training_loss(self, views: Sequence[torch.Tensor], info: StepInfo) -> LossOutput:
+    def training_loss(self, views: Sequence[torch.Tensor], step: StepInfo) -> LossOutput:
         c = self.config
         f1, f2 = views[0], views[1]
         total = f1.new_zeros((), dtype=torch.float32)

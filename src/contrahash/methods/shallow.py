@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from contrahash.codes import sign_pm1
-from contrahash.methods.base import HashMethod, LossOutput, StepInfo
+from contrahash.methods.base import HashMethod, LossOutput, MethodConfig, StepInfo
 
 
 def _generator(seed: int, bits: int) -> torch.Generator:
@@ -81,11 +81,15 @@ class _ProjectionHash(HashMethod):
 
     trainable = False
     augmentation = "resize"
-    n_views = 1
     needs_k_le_d = True
 
+    @property
+    def n_views(self) -> int:
+        """Training-free: never asked for views (one, for completeness)."""
+        return 1
+
     @dataclass
-    class Config:
+    class Config(MethodConfig):
         seed: int = 0
 
     def __init__(self, feature_dim: int, bits: Sequence[int], config=None):
@@ -123,7 +127,7 @@ class _ProjectionHash(HashMethod):
     def _fit_projections(self, centred: torch.Tensor) -> dict[int, torch.Tensor]:
         raise NotImplementedError
 
-    def training_loss(self, views: Sequence[torch.Tensor], info: StepInfo) -> LossOutput:
+    def training_loss(self, views: Sequence[torch.Tensor], step: StepInfo) -> LossOutput:
         raise RuntimeError(f"{self.name} is training-free: call fit(training features), not training")
 
     @torch.no_grad()
@@ -164,7 +168,7 @@ class ITQ(_ProjectionHash):
     name = "itq"
 
     @dataclass
-    class Config:
+    class Config(MethodConfig):
         seed: int = 0
         n_iter: int = 50
 

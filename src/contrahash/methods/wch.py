@@ -37,7 +37,7 @@ from torch import nn
 
 from contrahash.codes import sign_pm1, sign_st
 from contrahash.losses import bit_balance_loss, soft_target_cross_entropy
-from contrahash.methods.base import HashMethod, LossOutput, OptimSpec, StepInfo
+from contrahash.methods.base import HashMethod, LossOutput, MethodConfig, OptimSpec, StepInfo
 
 
 def mutual_attention(
@@ -98,7 +98,7 @@ class WCH(HashMethod):
     )
 
     @dataclass
-    class Config:
+    class Config(MethodConfig):
         hidden: int = 1024
         attention_temperature: float = 1.0
         target_temperature: float = 0.2
@@ -137,7 +137,7 @@ class WCH(HashMethod):
         self._check_tokens(tokens)
         return self.heads[str(bits)](tokens.float().mean(dim=1))
 
-    def training_loss(self, views: Sequence[torch.Tensor], info: StepInfo) -> LossOutput:
+    def training_loss(self, views: Sequence[torch.Tensor], step: StepInfo) -> LossOutput:
         c = self.config
         x1, x2 = views[0], views[1]
         self._check_tokens(x1)

@@ -1,0 +1,376 @@
+"""``contrahash index build``, ``contrahash search`` and ``contrahash evaluate`` on code files.
+
+Thin wrappers: load ``.npy`` files, call :mod:`contrahash.index` / :mod:`contrahash.metrics`,
+print a rich table (or JSON with ``--json``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+from rich.table import Table
+
+from contrahash.cli.common import console, fail, fmt, invoked_command
+
+
+def load_npy(path: Path, option: str) -> np.ndarray:
+    """An .npy array, or a one-line error naming the option and the file."""
+    if path.is_dir():
+        fail(f"{option} {path} is a directory, not an .npy file")
+    if not path.is_file():
+        fail(f"{option} {path} does not exist")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        fail(f"{option} {path} is not a readable .npy array ({exc})")
+
+
+# ----------------------------------------------------------------------------- index build
+def build_codes_index(codes: Path, out: Path, ids: Path | None, bits: int | None) -> None:
+    """``index build CODES.npy --out FILE``: an exact Hamming index of a codes file."""
+    from contrahash.codes_io import check_output_path, provenance_of, sidecar
+    from contrahash.index import HammingIndex
+    from contrahash.io import write_json
+
+    array = load_npy(codes, "CODES")
+    id_array = load_npy(ids, "--ids") if ids is not None else None
+    if array.ndim != 2:
+        fail(f"CODES {codes}: codes must be 2-D [n, bits]; got shape {array.shape}")
+    if array.shape[0] == 0:
+        fail(f"CODES {codes} holds no codes: nothing to index")
+    check_output_path(out)
+    packed = bits is not None
+    n_bits = bits if packed else array.shape[1]
+    index = HammingIndex(n_bits, backend="numpy")
+    try:
+        index.add(array, ids=id_array, packed=packed)
+    except ValueError as exc:
+        fail(f"CODES {codes}: {exc}")
+    path = index.save(out)
+    meta = provenance_of(codes)
+    if meta:  # the index remembers which run made its codes
+        write_json(sidecar(out), {**meta, "codes": str(codes)})
+    console.print(f"indexed {len(index)} codes of {n_bits} bits -> {path}")
+
+
+# ----------------------------------------------------------------------------- search
+def search_codes(index_path: Path, queries: Path, k: int, out: Path | None, as_json: bool,
+                 packed: bool, show: int, backend: str) -> None:
+    """``search INDEX QUERIES.npy``: the k nearest codes of each query code."""
+    from contrahash.codes_io import check_output_path, check_same_run
+    from contrahash.index import HammingIndex
+
+    if index_path.is_dir():
+        fail(f"INDEX {index_path} is a directory: give an index file (contrahash index build "
+             "CODES --out FILE), or a collection directory made by `index build RUN --data`")
+    q = load_npy(queries, "QUERIES")
+    if out is not None:
+        check_output_path(out)
+    check_same_run(index_path, queries)
+    try:
+        index = HammingIndex.load(index_path, backend=backend)
+    except FileNotFoundError as exc:
+        fail(f"INDEX {exc}")
+    if len(index) == 0:
+        fail(f"INDEX {index_path} holds no codes")
+    kk = min(k, len(index))
+    try:
+        distances, ids = index.search(q, kk, packed=packed)
+    except ValueError as exc:
+        fail(f"QUERIES {queries}: {exc}")
+    if out is not None:
+        from contrahash.io import write_npz
+
+        write_npz(out, distances=distances, ids=ids)
+    if as_json:
+        typer.echo(json.dumps({"k": kk, "distances": distances.tolist(), "ids": ids.tolist()}))
+        return
+    note = f" (the index holds only {len(index)})" if kk < k else ""
+    table = Table(title=f"top {kk} of {len(index)} ({index.bits} bits){note} — first "
+                        f"{min(show, len(ids))} of {len(ids)} queries")
+    for name in ("query", "rank", "id", "distance"):
+        table.add_column(name, justify="right")
+    for qi in range(min(show, len(ids))):
+        for rank in range(kk):
+            table.add_row(str(qi) if rank == 0 else "", str(rank + 1), str(ids[qi, rank]),
+                          str(distances[qi, rank]))
+    console.print(table)
+    if out is not None:
+        console.print(f"wrote distances and ids [{len(ids)}, {kk}] to {out}")
+
+
+# ----------------------------------------------------------------------------- evaluate
+def _report_table(reports: dict[str, dict[str, Any]], title: str, bounds: bool) -> Table:
+    first = next(iter(reports.values()))
+    ns = list(first.get("precision_at_n", {}))
+    table = Table(title=title)
+    table.add_column("bits", justify="right")
+    table.add_column(f"mAP@{first.get('topk')}", justify="right")
+    if bounds:
+        table.add_column("mAP worst…best (ties)", justify="right")
+    for n in ns:
+        table.add_column(f"P@{n}", justify="right")
+    table.add_column("P@r≤2", justify="right")
+    for bits, rep in reports.items():
+        row = [str(bits), fmt(rep.get("map"))]
+        if bounds:
+            row.append(f"{fmt(rep.get('map_worst'))}…{fmt(rep.get('map_best'))}")
+        pn = rep.get("precision_at_n", {})
+        row += [fmt(pn.get(n)) for n in ns]
+        row.append(fmt(rep.get("precision_radius_2")))
+        table.add_row(*row)
+    return table
+
+
+def evaluate_command(
+    run_dir: Annotated[Path | None, typer.Argument(
+        help="a finished run directory (optional)")] = None,
+    query_codes: Annotated[Path | None, typer.Option("--query-codes", help="query codes .npy")
+                           ] = None,
+    db_codes: Annotated[Path | None, typer.Option("--db-codes", help="database codes .npy")
+                        ] = None,
+    query_labels: Annotated[Path | None, typer.Option(
+        "--query-labels", help="query labels .npy: class ids [n] or multi-hot [n, C]")] = None,
+    db_labels: Annotated[Path | None, typer.Option("--db-labels", help="database labels .npy")
+                         ] = None,
+    topk: Annotated[int | None, typer.Option("--topk", min=1, help="mAP cut-off K (default: the "
+                                             "run's protocol; all for files)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON to stdout")] = False,
+    bounds: Annotated[bool, typer.Option("--bounds", help="also show the tie bounds of mAP "
+                                         "(JSON always has map_best / map_worst)")] = False,
+) -> None:
+    """mAP@K, P@N and P@r≤2 of saved codes (ties broken by database order)."""
+    from contrahash.metrics import retrieval_report
+
+    if run_dir is not None:
+        from contrahash.evaluation import evaluate_run
+
+        if not run_dir.is_dir():
+            fail(f"RUN_DIR {run_dir} is not a directory")
+        reports = {str(k): v for k, v in evaluate_run(run_dir, topk=topk).items()}
+        title = f"{run_dir}"
+    else:
+        from contrahash.codes_io import check_same_run
+
+        paths = {"--query-codes": query_codes, "--db-codes": db_codes,
+                 "--query-labels": query_labels, "--db-labels": db_labels}
+        missing = [name for name, p in paths.items() if p is None]
+        if missing:
+            fail(f"give a RUN_DIR, or all of {', '.join(paths)} (missing {', '.join(missing)})")
+        arrays = {name: load_npy(p, name) for name, p in paths.items()}
+        check_same_run(query_codes, db_codes)
+        report = retrieval_report(arrays["--query-codes"], arrays["--db-codes"],
+                                  arrays["--query-labels"], arrays["--db-labels"], topk=topk)
+        reports = {str(report["bits"]): report}
+        title = f"{query_codes.name} against {db_codes.name}"
+    if as_json:
+        payload = reports if run_dir is not None else next(iter(reports.values()))
+        typer.echo(json.dumps(payload))
+        return
+    if not reports:
+        fail(f"{run_dir}: no code lengths to evaluate")
+    console.print(_report_table(reports, title, bounds))
+
+
+# ----------------------------------------------------------------------------- collections
+def build_collection_index(run_dir: Path, data: str | None, out: Path, bits: list[int] | None,
+                           image_root: Path | None, device: str | None, backend: str,
+                           milvus_uri: str | None, milvus_collection: str | None,
+                           progress: bool) -> None:
+    """``index build RUN --data SOURCE --out DIR``: a searchable collection."""
+    from contrahash.cli.progress import progress_display
+    from contrahash.collection import build_collection
+
+    if data is None:
+        fail("--data SOURCE is needed with a run directory (the images to index)")
+    spec = {"kind": backend}
+    if backend == "milvus":
+        spec.update(uri=milvus_uri, collection=milvus_collection or "contrahash")
+    t0 = time.perf_counter()
+    manifest = build_collection(run_dir, data, out, bits=bits,
+                                image_root=str(image_root) if image_root else None, device=device,
+                                backend=spec, progress=progress_display(progress),
+                                command=invoked_command())
+    dt = time.perf_counter() - t0
+    console.print(f"indexed {manifest['count']:,} images at {', '.join(map(str, manifest['bits']))}"
+                  f" bits -> {out} in {dt:.1f} s ({manifest['count'] / dt:,.1f} images/s)")
+
+
+def add_command(
+    directory: Annotated[Path, typer.Argument(help="a collection directory (index build)")],
+    data: Annotated[str, typer.Option("--data", help="the images to add (any source)")],
+    image_root: Annotated[Path | None, typer.Option("--image-root")] = None,
+    device: Annotated[str | None, typer.Option("--device")] = None,
+    allow_duplicates: Annotated[bool, typer.Option(
+        "--allow-duplicates", help="add a source that is already in the collection")] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+) -> None:
+    """Append images to a collection (ids continue; nothing written before changes)."""
+    from contrahash.cli.progress import progress_display
+    from contrahash.collection import add_to_collection
+
+    before = len_of(directory)
+    manifest = add_to_collection(directory, data, image_root=str(image_root) if image_root
+                                 else None, device=device, allow_duplicates=allow_duplicates,
+                                 progress=progress_display(progress), command=invoked_command())
+    console.print(f"added {manifest['count'] - before:,} images to {directory}: ids "
+                  f"{before}..{manifest['count'] - 1} ({manifest['count']:,} in all)")
+
+
+def len_of(directory: Path) -> int:
+    """Items in a collection (from its manifest)."""
+    from contrahash.collection import read_manifest
+
+    return int(read_manifest(directory)["count"])
+
+
+def info_command(
+    directory: Annotated[Path, typer.Argument(help="a collection directory")],
+    as_json: Annotated[bool, typer.Option("--json", help="print the manifest as JSON")] = False,
+) -> None:
+    """What a collection holds: items, code lengths, the run, its sources."""
+    from contrahash.collection import collection_info
+
+    info = collection_info(directory)
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    run = info["run"]
+    console.print(f"[bold]{directory}[/]: {info['count']:,} items, code lengths "
+                  f"{info['bits']}, backend {info['backend']['kind']}, "
+                  f"{info['bytes_on_disk'] / 2**20:,.1f} MiB on disk", highlight=False)
+    console.print(f"model: {run['method']} on {run['backbone']} at {run['image_size']} px "
+                  f"({run['precision']}), run {run['run_id']} from {run['dir']}", highlight=False)
+    table = Table(title="segments")
+    for name in ("segment", "ids", "images", "source", "added"):
+        table.add_column(name)
+    for seg in info["segments"]:
+        table.add_row(seg["name"], f"{seg['first_id']}..{seg['first_id'] + seg['count'] - 1}",
+                      f"{seg['count']:,}", seg["source"], seg["added_at"])
+    console.print(table)
+
+
+def search_collection(directory: Path, image: Path | None, item_id: int | None, k: int,
+                      bits: int | None, as_json: bool) -> None:
+    """``search DIR --image FILE`` / ``--id N``: ranked items of a collection."""
+    from contrahash.collection import open_collection
+
+    if (image is None) == (item_id is None):
+        fail("give exactly one of --image FILE or --id N to search a collection")
+    if image is not None and not image.is_file():
+        fail(f"--image {image} does not exist" if not image.exists() else
+             f"--image {image} is not a file")
+    collection = open_collection(directory)
+    k_bits = bits or collection.default_bits
+    if k_bits not in collection.bits:
+        fail(f"--bits {k_bits}: the collection has code lengths {collection.bits}")
+    t0 = time.perf_counter()
+    if image is not None:
+        try:
+            decoded = collection.decode_image(image.read_bytes())
+        except ValueError as exc:
+            fail(f"--image {image}: {exc}")
+        codes = collection.encode([decoded])[k_bits]
+        hits = collection.search_codes(codes, k, k_bits)[0]
+        query: dict[str, Any] = {"image": str(image)}
+    else:
+        hits = collection.search_ids([item_id], k, k_bits)[0]
+        query = {"id": item_id}
+    ms = (time.perf_counter() - t0) * 1000
+    results = []
+    for rank, hit in enumerate(hits, 1):
+        item = collection.item(hit.id)
+        results.append({"rank": rank, "id": hit.id, "distance": hit.distance, "name": item.name,
+                        "path": item.path, "labels": item.labels})
+    if as_json:
+        typer.echo(json.dumps({"query": query, "k": k, "bits": k_bits, "ms": round(ms, 2),
+                               "results": results}))
+        return
+    title = f"top {len(results)} of {len(collection):,} ({k_bits} bits) for " + (
+        f"{image}" if image is not None else f"item {item_id}") + f" — {ms:.1f} ms"
+    table = Table(title=title)
+    for name, justify in (("rank", "right"), ("id", "right"), ("distance", "right"),
+                          ("label", "left"), ("path", "left")):
+        table.add_column(name, justify=justify)
+    for r in results:
+        table.add_row(str(r["rank"]), str(r["id"]), str(r["distance"]), ", ".join(r["labels"]),
+                      r["path"] or r["name"])
+    console.print(table)
+
+
+# ----------------------------------------------------------------------------- commands
+def build_command(
+    source: Annotated[Path, typer.Argument(
+        metavar="RUN|CODES", help="a finished run directory (with --data: a searchable "
+        "collection), or a codes .npy (±1, {0,1} or bool [n, bits]; packed uint8 with --bits)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="collection directory, or index file")],
+    data: Annotated[str | None, typer.Option(
+        "--data", help="images to index: a folder, a list file, a packed .npz, CIFAR "
+        "batches, one image file")] = None,
+    bits: Annotated[list[int] | None, typer.Option(
+        "--bits", min=1, help="code lengths to index (default: all of the run's); for a codes "
+        ".npy: the code length of packed uint8 codes")] = None,
+    ids: Annotated[Path | None, typer.Option(
+        "--ids", help="codes .npy only: int64 ids [n] (default 0..n-1)")] = None,
+    image_root: Annotated[Path | None, typer.Option("--image-root")] = None,
+    device: Annotated[str | None, typer.Option("--device")] = None,
+    backend: Annotated[str, typer.Option(
+        "--backend", help="faiss (in-process, exact) or milvus (a Milvus server or a Milvus "
+        "Lite .db file: --milvus-uri)")] = "faiss",
+    milvus_uri: Annotated[str | None, typer.Option(
+        "--milvus-uri", help="a .db file (embedded Milvus Lite) or http://host:19530")] = None,
+    milvus_collection: Annotated[str | None, typer.Option(
+        "--milvus-collection", help="Milvus collection name prefix")] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+) -> None:
+    """Index images with a trained run (a collection directory), or index a codes file."""
+    if backend not in ("faiss", "milvus"):
+        fail(f"--backend must be faiss or milvus, got {backend!r}")
+    if source.is_dir():
+        build_collection_index(source, data, out, bits, image_root, device, backend,
+                               milvus_uri, milvus_collection, progress)
+        return
+    if data is not None:
+        fail(f"RUN {source} is not a run directory (--data indexes images with a trained run)")
+    if bits is not None and len(bits) != 1:
+        fail("--bits: a packed codes file has one code length")
+    build_codes_index(source, out, ids, bits[0] if bits else None)
+
+
+def search_command(
+    target: Annotated[Path, typer.Argument(
+        metavar="DIR|INDEX", help="a collection directory, or an index file (index build)")],
+    queries: Annotated[Path | None, typer.Argument(
+        help="with an index file: query codes .npy (±1, {0,1} or bool [q, bits])")] = None,
+    image: Annotated[Path | None, typer.Option("--image", help="collection: query by a photo")
+                     ] = None,
+    item_id: Annotated[int | None, typer.Option("--id", min=0,
+                                                help="collection: query by a stored item")] = None,
+    k: Annotated[int, typer.Option("-k", "--top", min=1, max=100_000,
+                                   help="results per query")] = 10,
+    bits: Annotated[int | None, typer.Option(
+        "--bits", help="collection: code length (default: the longest)")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="write distances/ids .npz")
+                   ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print all results as JSON")] = False,
+    packed: Annotated[bool, typer.Option("--packed", help="queries are packed uint8")] = False,
+    show: Annotated[int, typer.Option("--show", min=0, help="queries shown in the table")] = 5,
+    backend: Annotated[str, typer.Option("--backend", help="auto | faiss | numpy | torch")
+                       ] = "auto",
+) -> None:
+    """The k nearest items of a photo or a stored item in a collection, or of query codes in
+    an index file (ranked by Hamming distance, ties by id)."""
+    if target.is_dir():
+        if queries is not None:
+            fail(f"{target} is a collection: search it with --image FILE or --id N")
+        search_collection(target, image, item_id, k, bits, as_json)
+        return
+    if queries is None:
+        fail(f"INDEX {target}: give a QUERIES .npy file (or search a collection directory "
+             "with --image/--id)")
+    search_codes(target, queries, k, out, as_json, packed, show, backend)

@@ -1,0 +1,107 @@
+"""``contrahash train``, ``contrahash encode`` and ``contrahash demo``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from contrahash.cli.common import console, fail, fmt, invoked_command
+from contrahash.cli.progress import progress_display
+
+ProgressOption = Annotated[bool, typer.Option("--progress/--no-progress",
+                                              help="show progress of long phases (stderr)")]
+
+
+def train_command(
+    config: Annotated[Path | None, typer.Argument(help="YAML config (see configs/)")] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(
+        help="key=value overrides, e.g. bits=[16,32] backbone.finetune_blocks=6")] = None,
+    resume: Annotated[Path | None, typer.Option(
+        "--resume", help="continue the run in this directory")] = None,
+    run_dir: Annotated[Path | None, typer.Option(
+        "--run-dir", help="where to write the run (default runs/<name>)")] = None,
+    progress: ProgressOption = True,
+) -> None:
+    """Train a hashing method and evaluate it; writes a complete run directory."""
+    from contrahash.config import resolve_config
+    from contrahash.train import train_run
+
+    # `contrahash train key=value ...` without a YAML file is allowed too
+    args = list(overrides or [])
+    if config is not None and "=" in str(config) and not config.exists():
+        args.insert(0, str(config))
+        config = None
+    display = progress_display(progress)
+    if resume is not None:
+        if config is not None or args:
+            fail("--resume continues a run with its own config.yaml; give no config file or "
+                 "key=value overrides with it")
+        result = train_run(None, resume, resume=True, command=invoked_command(), progress=display)
+        if result.reused:
+            console.print(f"{resume} has already finished: nothing to do (its results below; "
+                          f"`contrahash evaluate {resume}` re-reads them)")
+    else:
+        cfg = resolve_config(config, args)
+        result = train_run(cfg, run_dir, command=invoked_command(), progress=display)
+    print_results(result.results, title=f"{result.results.get('method')} — {result.run_dir}")
+
+
+def print_results(results: dict, title: str = "results") -> None:
+    """A rich table of a run's metrics per code length."""
+    bits = results.get("bits", results)
+    topk = results.get("topk")
+    table = Table(title=title)
+    table.add_column("bits", justify="right")
+    table.add_column(f"mAP@{topk if topk else 'ALL'}", justify="right")
+    table.add_column("P@1000", justify="right")
+    table.add_column("P@r≤2", justify="right")
+    for k, rep in bits.items():
+        p_at = rep.get("precision_at_n", {})
+        p1000 = p_at.get("1000", p_at.get(1000))
+        table.add_row(str(k), fmt(rep.get("map")), fmt(p1000), fmt(rep.get("precision_radius_2")))
+    console.print(table)
+
+
+def encode_command(
+    run_dir: Annotated[Path, typer.Argument(help="a finished run directory")],
+    out: Annotated[Path, typer.Option("--out", help="codes file (.npy, ±1 int8 rows)")],
+    data: Annotated[str | None, typer.Option(
+        "--data", help="images: a file, a folder (flat or class folders), a list file, a "
+        "packed .npz, … (default: the run's own source)")] = None,
+    image_root: Annotated[Path | None, typer.Option("--image-root")] = None,
+    bits: Annotated[int | None, typer.Option(
+        "--bits", help="code length (default: the longest)")] = None,
+    device: Annotated[str | None, typer.Option("--device")] = None,
+    progress: ProgressOption = True,
+) -> None:
+    """Encode every image of a source with a trained run; writes ±1 codes as .npy."""
+    from contrahash.codes_io import check_output_path, write_codes
+    from contrahash.config import resolve_config
+    from contrahash.encode import encode_run
+
+    if not (run_dir / "config.yaml").is_file():
+        fail(f"{run_dir} is not a run directory (no config.yaml)")
+    run_bits = resolve_config(run_dir / "config.yaml").bits
+    if bits is not None and bits not in run_bits:
+        fail(f"--bits {bits}: the run {run_dir} has code lengths {run_bits}")
+    check_output_path(out)  # before any encoding: a bad --out fails at once
+    codes, dataset = encode_run(run_dir, data, str(image_root) if image_root else None, device,
+                                progress=progress_display(progress))
+    k = bits if bits is not None else max(codes)
+    written = write_codes(out, codes[k], dataset, run_dir)
+    console.print(f"wrote {codes[k].shape[0]} × {k}-bit codes to {out} "
+                  f"({', '.join(str(p.name) for p in written[1:])} beside it)")
+
+
+def demo_command(
+    out_dir: Annotated[Path | None, typer.Option(
+        "--out-dir", help="where runs and the picture go (default: a new runs/demo-<time>)")] = None,
+    epochs: Annotated[int, typer.Option(min=1, help="FDBH epochs")] = 40,
+) -> None:
+    """Train FDBH on the embedded digits (CPU, minutes), compare with ITQ and LSH, draw results."""
+    from contrahash.demo import run_demo
+
+    run_demo(out_dir, epochs=epochs, console=console)

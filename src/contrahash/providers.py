@@ -1,0 +1,409 @@
+"""Feature providers: where a run's backbone outputs come from — the feature cache, or the
+backbone itself at every step.
+
+A provider serves three consumers with one interface:
+
+* training: :meth:`FeatureProvider.epoch` yields one epoch of batches of per-view method
+  inputs (plus the rows' positions in the training split) and says how to turn a batch into
+  backbone outputs (``forward``; identity for cached features) and which modules train;
+* neighbour mining and ``fit``: :meth:`FeatureProvider.clean_features` (frozen backbone,
+  un-augmented);
+* evaluation: :meth:`FeatureProvider.test_features` (the current backbone, test transform).
+
+:class:`CachedViews` (frozen backbone): V augmented views of every training image are computed
+once into the memory-mapped :class:`~contrahash.features.FeatureCache` and each step draws
+distinct cached views per image; with several augmentation recipes (HARR) view position p
+only draws columns of recipe ``p % recipes``. :class:`EndToEnd` (fine-tuned backbone, or the
+cache switched off): each step augments uint8 images and runs the backbone.
+:func:`make_provider` picks one from the config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from contrahash.config import TrainConfig
+from contrahash.features import FeatureCache, autocast_for, backbone_inputs
+from contrahash.methods.base import NeighbourSpec
+from contrahash.model import HashingModel
+from contrahash.neighbours import MinedNeighbours, draw_neighbours
+from contrahash.progress import Progress, ProgressCallback, as_progress
+
+__all__ = [
+    "Batch",
+    "CachedViews",
+    "EndToEnd",
+    "Epoch",
+    "FeatureProvider",
+    "feature_view_batches",
+    "make_image_forward",
+    "make_provider",
+]
+
+#: a batch: per-view method inputs, and the batch rows' positions in the training split
+Batch = tuple[list[torch.Tensor], torch.Tensor]
+Forward = Callable[[list[torch.Tensor]], list[torch.Tensor]]
+
+
+@dataclass
+class Epoch:
+    """One epoch's batches, the forward from batch to method inputs (None: the batch already
+    holds them) and the backbone modules that train."""
+
+    batches: Iterator[Batch]
+    forward: Forward | None = None
+    trainables: tuple[torch.nn.Module, ...] = ()
+
+
+class FeatureProvider:
+    """Backbone outputs of one run's images (see the module docstring)."""
+
+    def __init__(self, model: HashingModel, dataset: Any, split: Any, cfg: TrainConfig,
+                 cache: FeatureCache, progress: Progress | ProgressCallback | None = None) -> None:
+        self.model = model
+        self.dataset = dataset
+        self.split = split
+        self.cfg = cfg
+        self.cache = cache
+        self.progress = as_progress(progress)
+        self._clean: np.ndarray | None = None
+        self._clean_row: np.ndarray | None = None
+        self._images_on_device: torch.Tensor | None = None
+
+    # -- images and keys ---------------------------------------------------------------
+    def images(self) -> Any:
+        """The uint8 image store, moved to the GPU once when it fits there."""
+        if self.model.device.type != "cuda":
+            return self.dataset.images
+        if self._images_on_device is None:
+            tensor = getattr(self.dataset.images, "tensor", None)
+            if tensor is None or tensor.numel() > 8e9:
+                return self.dataset.images
+            self._images_on_device = tensor.to(self.model.device)
+        return self._images_on_device
+
+    def generator_device(self) -> str:
+        """Where augmentation draws its random numbers (the GPU's own generator on CUDA)."""
+        return "cuda" if self.model.device.type == "cuda" else "cpu"
+
+    def used_indices(self) -> np.ndarray:
+        """Dataset indices of every image the split uses (query ∪ database ∪ train), sorted."""
+        s = self.split
+        return np.unique(np.concatenate([s.query, s.database, s.train]))
+
+    def feature_key(self, kind: str, **extra: Any) -> dict[str, Any]:
+        """The cache key of a feature array: everything its values depend on."""
+        bb = self.cfg.backbone
+        weights = bb.weights or (f"random-init-seed-{self.cfg.seed}" if bb.random_init
+                                 else "pretrained")
+        return {"backbone": bb.name, "weights": weights, "size": self.model.image_size,
+                "dataset": self.dataset.fingerprint, "kind": kind, "tokens": self.model.tokens,
+                "precision": self.model.precision, **extra}
+
+    def extract(self, indices: np.ndarray, transform: Any = None, *, out: np.ndarray | None = None,
+                start: int = 0, generator: torch.Generator | None = None,
+                phase: str = "feature extraction") -> np.ndarray:
+        """Backbone outputs of dataset images ``indices`` (a progress phase of its own)."""
+        with self.progress.phase(phase, len(indices) - start) as ph:
+            return self.model.extract(self.images(), indices, transform, out=out, start=start,
+                                      generator=generator, on_batch=ph.advance)
+
+    def probe_shape(self) -> tuple[int, ...]:
+        """Per-image shape of the backbone output (one training image's features)."""
+        probe = self.model.extract(self.images(), self.split.train[:1])
+        return tuple(probe.shape[1:])
+
+    # -- clean and test features -------------------------------------------------------
+    def clean_features(self, indices: np.ndarray) -> np.ndarray:
+        """Un-augmented features of dataset images ``indices`` (any of the split's images).
+
+        Computed once for every image the split uses, in dataset order — through the
+        feature cache when the backbone is frozen.
+        """
+        if self._clean is None:
+            used = self.used_indices()
+            self._clean_row = np.full(len(self.dataset.images), -1, dtype=np.int64)
+            self._clean_row[used] = np.arange(len(used))
+            if self.model.frozen:
+                key = self.feature_key("clean", images=hash_indices(used))
+
+                def compute(out: np.ndarray, start: int) -> np.ndarray:
+                    return self.extract(used, out=out, start=start,
+                                        phase="features of the evaluated images")
+
+                shape = (len(used), *self.probe_shape())
+                self._clean = self.cache.get_or_compute(key, shape, compute)
+            else:
+                self._clean = self.extract(used, phase="features of the evaluated images")
+        rows = self._clean_row[np.asarray(indices)]
+        if (rows < 0).any():
+            raise IndexError("clean_features: index outside the split's images")
+        return np.asarray(self._clean[rows])
+
+    def test_features(self, indices: np.ndarray) -> np.ndarray:
+        """Features of ``indices`` with the current (possibly fine-tuned) backbone."""
+        if self.model.frozen:
+            return self.clean_features(indices)
+        return self.extract(indices, phase="encoding")
+
+    # -- training ------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Compute what training reads (e.g. the cached views) before the first epoch."""
+
+    def use_neighbours(self, mined: MinedNeighbours | None, spec: NeighbourSpec | None) -> None:
+        """Draw the last view from ``mined`` neighbours as ``spec`` says (None: never)."""
+        raise NotImplementedError
+
+    def epoch(self, batch_size: int, generator: torch.Generator) -> Epoch:
+        """One epoch of shuffled full batches drawn from ``generator``."""
+        raise NotImplementedError
+
+
+class CachedViews(FeatureProvider):
+    """Training from V cached augmented views per image (frozen backbone)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.recipes = 1
+        self._views: torch.Tensor | None = None
+        self._neighbour_rows: np.ndarray | None = None
+        self._pool_features: torch.Tensor | None = None
+        self._prob = 0.0
+
+    def cached_views(self) -> np.ndarray:
+        """[n_train, V, ...] features of V augmented views per training image (computed once)."""
+        from contrahash.augment import view_augmenters
+
+        method, cfg = self.model.method, self.cfg
+        v = cfg.cache.views
+        if v < method.n_views:
+            raise ValueError(f"cache.views={v} but method '{method.name}' needs "
+                             f"{method.n_views} views per image")
+        train = self.split.train
+        augmenters = view_augmenters(method.augmentation, self.model.image_size, method.n_views)
+        recipes = [a.recipe for a in augmenters]
+        self.recipes = len(set(recipes))
+        key = self.feature_key("views", views=v, recipes=recipes, augment=cfg.augment,
+                               train=hash_indices(train), view_seed=cfg.seed)
+
+        def compute(out: np.ndarray, start: int) -> np.ndarray:
+            # view j of every image uses recipe j % len(recipes), one seeded generator per view
+            first = start // len(train) if len(train) else 0
+            with self.progress.phase("augmented views of the training images",
+                                     len(train) * (v - first)) as phase:
+                for j in range(first, v):
+                    aug = with_overrides(augmenters[j % len(augmenters)], cfg.augment)
+                    gen = torch.Generator(device=self.generator_device()).manual_seed(
+                        cfg.seed * 1000 + j)
+                    out[:, j] = self.model.extract(self.images(), train, aug, generator=gen,
+                                                   on_batch=phase.advance)
+                    self.cache.mark_progress((j + 1) * len(train))
+            return out
+
+        shape = (len(train), v, *self.probe_shape())
+        return self.cache.get_or_compute(key, shape, compute)
+
+    def prepare(self) -> None:
+        if self._views is None:  # in RAM: sampled at every step
+            self._views = torch.from_numpy(np.array(self.cached_views()))
+
+    def use_neighbours(self, mined: MinedNeighbours | None, spec: NeighbourSpec | None) -> None:
+        if mined is None or spec is None:
+            self._neighbour_rows, self._prob = None, 0.0
+            return
+        self._prob = spec.prob
+        if spec.pool == "train":  # neighbours are training rows: any of their cached views
+            self._neighbour_rows, self._pool_features = mined.rows_in(self.split.train), None
+            return
+        self._neighbour_rows = mined.rows_in(mined.pool)
+        if self._pool_features is None:  # frozen features: the same at every re-mining
+            self._pool_features = torch.as_tensor(np.asarray(self.clean_features(mined.pool)))
+
+    def epoch(self, batch_size: int, generator: torch.Generator) -> Epoch:
+        self.prepare()
+        device = self.model.device
+        batches = feature_view_batches(self._views, batch_size, self.model.method.n_views,
+                                       generator, self._neighbour_rows, self._prob,
+                                       self._pool_features, recipes=self.recipes)
+        return Epoch(([v.to(device) for v in views], positions) for views, positions in batches)
+
+
+class EndToEnd(FeatureProvider):
+    """Training through the backbone at every step (fine-tuning, or the cache switched off)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._neighbours: np.ndarray | None = None
+        self._prob = 0.0
+
+    def use_neighbours(self, mined: MinedNeighbours | None, spec: NeighbourSpec | None) -> None:
+        self._neighbours = None if mined is None or spec is None else mined.neighbours
+        self._prob = spec.prob if self._neighbours is not None and spec is not None else 0.0
+
+    def epoch(self, batch_size: int, generator: torch.Generator) -> Epoch:
+        # the augmentation generator's seed is drawn before any batch is drawn
+        forward = self.image_forward(generator)
+        return Epoch(self.image_batches(batch_size, generator), forward,
+                     (self.model.backbone,))
+
+    def image_batches(self, batch: int, generator: torch.Generator) -> Iterator[Batch]:
+        """Per-view uint8 image batches of the training split (shuffled, full batches)."""
+        train = torch.as_tensor(self.split.train)
+        store = self.images()
+        on_device = isinstance(store, torch.Tensor) and store.device.type == "cuda"
+        n_views = self.model.method.n_views
+        order = torch.randperm(len(train), generator=generator)
+        for start in range(0, len(train) - batch + 1, batch):
+            pos = order[start : start + batch]
+            rows = [train[pos] for _ in range(n_views)]
+            if self._neighbours is not None and self._prob > 0:
+                use, chosen = draw_neighbours(torch.as_tensor(self._neighbours)[pos], self._prob,
+                                              generator)
+                rows[-1] = torch.where(use, chosen, rows[-1])
+            if on_device:
+                yield [store[r.to(self.model.device)] for r in rows], pos
+            else:
+                yield [store[r.numpy()] for r in rows], pos
+
+    def image_forward(self, generator: torch.Generator) -> Forward:
+        """Augment each view, run the backbone once on all views, split the outputs."""
+        from contrahash.augment import view_augmenters
+
+        method = self.model.method
+        augmenters = [with_overrides(a, self.cfg.augment) for a in
+                      view_augmenters(method.augmentation, self.model.image_size, method.n_views)]
+        seed = int(torch.randint(0, 2**31, (1,), generator=generator))
+        gen = torch.Generator(device=self.generator_device()).manual_seed(seed)
+        return make_image_forward(self.model.backbone, augmenters, self.model.device,
+                                  amp=self.model.amp, channels_last=self.model.channels_last,
+                                  tokens=self.model.tokens, generator=gen)
+
+
+def make_provider(model: HashingModel, dataset: Any, split: Any, cfg: TrainConfig,
+                  cache: FeatureCache, progress: Progress | ProgressCallback | None = None) -> FeatureProvider:
+    """The provider the config asks for: cached views for a frozen backbone (token grids only
+    while their cache fits ``cache.max_token_gib``), end to end otherwise."""
+    mode = cfg.cache.mode
+    if mode not in ("auto", "on", "off"):
+        raise ValueError(f"cache.mode must be auto, on or off, got '{mode}'")
+    if mode == "on" and not model.frozen:
+        raise ValueError("cache.mode=on needs a frozen backbone (backbone.finetune_blocks=0)")
+    cached = model.frozen and mode != "off"
+    provider: FeatureProvider = CachedViews(model, dataset, split, cfg, cache, progress)
+    if cached and model.tokens and mode == "auto":
+        rows = len(split.train) * cfg.cache.views + len(provider.used_indices())
+        gib = rows * int(np.prod(provider.probe_shape())) * 2 / 2**30
+        cached = gib <= cfg.cache.max_token_gib
+    if not cached:
+        provider = EndToEnd(model, dataset, split, cfg, cache, progress)
+    return provider
+
+
+# ----------------------------------------------------------------------------- primitives
+def feature_view_batches(
+    views: torch.Tensor,
+    batch_size: int,
+    n_views: int,
+    generator: torch.Generator,
+    neighbours: np.ndarray | None = None,
+    neighbour_prob: float = 0.0,
+    neighbour_features: torch.Tensor | None = None,
+    recipes: int = 1,
+) -> Iterator[Batch]:
+    """Batches of ``n_views`` distinct cached views per image (one epoch, shuffled, full batches).
+
+    With ``recipes`` > 1 the cache's column j was made with recipe ``j % recipes`` and view
+    position p of a batch only draws from columns of recipe ``p % recipes`` (HARR's strong /
+    RandAugment / weak views stay in their roles).
+
+    ``views`` is [N, V, ...]. With ``neighbours`` ([N, k]) the last view is, with probability
+    ``neighbour_prob``, taken from a random neighbour: a random cached view of it when
+    ``neighbours`` index rows of ``views``, or its (un-augmented) feature when
+    ``neighbour_features`` ([P, ...], e.g. an unlabelled pool) is given and indexed instead.
+    """
+    n, v = views.shape[0], views.shape[1]
+    if 1 < v < n_views:
+        raise ValueError(f"feature cache holds {v} views per image, the method needs {n_views}")
+    order = torch.randperm(n, generator=generator)
+    for start in range(0, n - batch_size + 1, batch_size):
+        idx = order[start : start + batch_size]
+        picks = torch.argsort(torch.rand(batch_size, v, generator=generator), dim=1)[:, :n_views]
+        if v == 1:
+            picks = torch.zeros(batch_size, n_views, dtype=torch.long)
+        elif recipes > 1:
+            picks = _recipe_picks(batch_size, v, n_views, recipes, generator)
+        rows = idx.unsqueeze(1).expand(-1, n_views).clone()
+        pool_rows = None
+        if neighbours is not None and neighbour_prob > 0:
+            use, chosen = draw_neighbours(torch.as_tensor(neighbours)[idx], neighbour_prob,
+                                          generator)
+            if neighbour_features is None:
+                rows[:, -1] = torch.where(use, chosen, rows[:, -1])
+            else:
+                pool_rows = (use, chosen)
+        out = [views[rows[:, j], picks[:, j]].float() for j in range(n_views)]
+        if pool_rows is not None:
+            use, chosen = pool_rows
+            mask = use.view(-1, *([1] * (out[-1].ndim - 1)))
+            out[-1] = torch.where(mask, neighbour_features[chosen].float(), out[-1])
+        yield out, idx
+
+
+def _recipe_picks(batch: int, v: int, n_views: int, recipes: int,
+                  generator: torch.Generator) -> torch.Tensor:
+    """Per view position p, a random cache column among those made with recipe p % recipes."""
+    cols = []
+    for p in range(n_views):
+        slots = torch.arange(p % recipes, v, recipes)
+        if len(slots) == 0:
+            raise ValueError(f"feature cache holds {v} views; recipe {p % recipes} has none")
+        cols.append(slots[torch.randint(0, len(slots), (batch,), generator=generator)])
+    return torch.stack(cols, dim=1)
+
+
+def make_image_forward(
+    backbone: Any,
+    augmenters: list[Callable[..., torch.Tensor]],
+    device: torch.device,
+    *,
+    amp: bool = True,
+    channels_last: bool = True,
+    tokens: bool = False,
+    generator: torch.Generator | None = None,
+) -> Forward:
+    """Batch forward for the end-to-end path: uint8 view batches → backbone outputs per view.
+
+    Each view gets its own augmenter; all views go through the backbone in one call (bf16
+    autocast where native, channels-last); a frozen backbone runs without autograd.
+    """
+    frozen = not any(p.requires_grad for p in backbone.parameters())
+
+    def forward(views: list[torch.Tensor]) -> list[torch.Tensor]:
+        xs = [backbone_inputs(backbone, v, aug, device, channels_last, generator)
+              for v, aug in zip(views, augmenters, strict=True)]
+        x = torch.cat(xs)
+        with autocast_for(device, amp), torch.set_grad_enabled(not frozen and torch.is_grad_enabled()):
+            f = backbone.forward_tokens(x) if tokens else backbone(x)
+        return list(f.float().chunk(len(views)))
+
+    return forward
+
+
+def with_overrides(augmenter: Any, overrides: dict[str, Any]) -> Any:
+    """The augmenter with the config's ``augment`` overrides applied."""
+    if not overrides:
+        return augmenter
+    from contrahash.augment import BatchAugment
+
+    return BatchAugment(augmenter.recipe, augmenter.size, **overrides)
+
+
+def hash_indices(indices: np.ndarray) -> str:
+    """Short stable hash of an index list (part of cache keys)."""
+    return hashlib.sha256(np.asarray(indices, dtype=np.int64).tobytes()).hexdigest()[:16]
