@@ -1,0 +1,194 @@
+"""``create_app(collection, settings)``: the search service as a FastAPI application.
+
+Routes: ``/`` (the page), ``/static/*`` (its assets), ``/healthz`` (open), ``/api/*`` (token-
+protected by :class:`TokenMiddleware` when a token is set, before the body is read), ``/docs`` (Swagger UI, served from the ``swagger_ui_bundle``
+package when installed so it works offline) and ``/openapi.json``.
+
+Error mapping: ``KeyError`` → 404, :class:`InvalidImageError` → 422, parameter errors → 422,
+a body over the limit → 413; every error body is ``{"detail": "<one line>"}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+
+from contrahash.serve import routes_items, routes_meta, routes_search
+from contrahash.serve.batching import MicroBatcher
+from contrahash.serve.deps import ServeState
+from contrahash.serve.middleware import LimitsMiddleware, TokenMiddleware
+from contrahash.serve.settings import ServeSettings
+from contrahash.serve.types import Collection, InvalidImageError
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).parent / "static"
+
+
+def create_app(collection: Collection, settings: ServeSettings | None = None) -> FastAPI:
+    """The service for ``collection`` (see the module docstring for the routes)."""
+    settings = settings or ServeSettings()
+    swagger_dir = swagger_assets_dir()
+
+    def encode_batch(images: list[np.ndarray]) -> list[dict[int, np.ndarray]]:
+        codes = collection.encode(images)
+        return [{int(b): np.asarray(c[i]) for b, c in codes.items()} for i in range(len(images))]
+
+    state = ServeState(
+        collection=collection, settings=settings,
+        batcher=MicroBatcher(encode_batch, max_batch=settings.batch_max_size,
+                             window_s=settings.batch_window_ms / 1000.0, name="encode"),
+        decode_pool=_decode_pool(settings))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        task = None
+        if settings.reload_interval_s > 0:
+            task = asyncio.create_task(_auto_reload(state, settings.reload_interval_s))
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+            await state.batcher.aclose()  # restarts by itself if the app is started again
+            old_pool, state.decode_pool = state.decode_pool, _decode_pool(settings)
+            old_pool.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(
+        title="contrahash search",
+        summary="Hamming search over a contrahash collection: by uploaded image or stored item.",
+        version=_version(), lifespan=lifespan, docs_url=None if swagger_dir else "/docs",
+        redoc_url=None)
+    app.state.serve = state
+
+    app.include_router(routes_meta.health_router)
+    app.include_router(routes_search.router, prefix="/api", tags=["search"])
+    app.include_router(routes_items.router, prefix="/api", tags=["items"])
+    app.include_router(routes_meta.router, prefix="/api", tags=["collection"])
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    if swagger_dir is not None:
+        _offline_docs(app, swagger_dir)
+    _error_handlers(app)
+    _document_bearer_auth(app)
+    app.add_middleware(LimitsMiddleware, max_body_bytes=settings.max_body_bytes)
+    if settings.token is not None:  # added last = outermost: checked before anything else
+        app.add_middleware(TokenMiddleware, token=settings.token)
+    return app
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def _error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(KeyError)
+    async def unknown_item(_: Request, exc: KeyError) -> JSONResponse:
+        key = exc.args[0] if exc.args else "?"
+        return JSONResponse({"detail": f"unknown item id {key}"}, status_code=404)
+
+    @app.exception_handler(InvalidImageError)
+    async def invalid_image(_: Request, exc: InvalidImageError) -> JSONResponse:
+        return JSONResponse({"detail": f"not a usable image: {exc}"}, status_code=422)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")),
+                   "type": str(e.get("type", ""))} for e in exc.errors()]
+        detail = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors)
+        return JSONResponse({"detail": detail or "invalid request", "errors": errors},
+                            status_code=422)
+
+
+# ----------------------------------------------------------------------------- docs
+
+
+def swagger_assets_dir() -> Path | None:
+    """Swagger UI ≥ 5 (needed for OpenAPI 3.1) from the ``swagger_ui_bundle`` package
+    (``swagger-ui-bundle-v2`` on PyPI), or ``None`` when not installed."""
+    try:
+        from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    path = Path(str(swagger_ui_path))
+    match = re.search(r"(\d+)\.\d+", path.name)
+    if not (path / "swagger-ui-bundle.js").is_file() or not match or int(match.group(1)) < 5:
+        return None
+    return path
+
+
+def _offline_docs(app: FastAPI, assets: Path) -> None:
+    app.mount("/docs-assets", StaticFiles(directory=assets), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - API docs",
+            swagger_js_url=f"{root}/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}/docs-assets/swagger-ui.css",
+            swagger_favicon_url=f"{root}/docs-assets/favicon-32x32.png")
+
+
+def _document_bearer_auth(app: FastAPI) -> None:
+    """Declare the bearer token in the OpenAPI schema (the check itself is TokenMiddleware),
+    so that /docs shows an "Authorize" button."""
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, summary=app.summary,
+                                 routes=app.routes)
+            schema.setdefault("components", {}).setdefault("securitySchemes", {})["bearer"] = {
+                "type": "http", "scheme": "bearer",
+                "description": "needed when the server runs with --token / CONTRAHASH_TOKEN"}
+            for path, operations in schema.get("paths", {}).items():
+                if path.startswith("/api/"):
+                    for operation in operations.values():
+                        operation["security"] = [{"bearer": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _decode_pool(settings: ServeSettings) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
+
+
+async def _auto_reload(state: ServeState, interval_s: float) -> None:
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            if await run_in_threadpool(state.reload):
+                log.info("collection reloaded: %d items", len(state.collection))
+        except Exception:  # noqa: BLE001 - keep serving the old data
+            log.exception("automatic reload failed; still serving the previous data")
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("contrahash")
+    except Exception:  # noqa: BLE001 - not installed (source tree)
+        return "0"

@@ -1,0 +1,74 @@
+"""Shared state, parameter checks and small helpers of the route handlers."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+from fastapi import HTTPException, Request
+
+from contrahash.serve.batching import MicroBatcher
+from contrahash.serve.models import ItemResponse
+from contrahash.serve.settings import ServeSettings
+from contrahash.serve.types import Collection, Item
+
+
+@dataclass
+class ServeState:
+    """Everything a request handler needs; one per app (``app.state.serve``)."""
+
+    collection: Collection
+    settings: ServeSettings
+    batcher: MicroBatcher[np.ndarray, dict[int, np.ndarray]]
+    decode_pool: ThreadPoolExecutor
+    reload_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def reload(self) -> bool:
+        """``collection.reload()``, one at a time (blocking: call it from a worker thread)."""
+        with self.reload_lock:
+            return bool(self.collection.reload())
+
+
+def get_state(request: Request) -> ServeState:
+    """The app's :class:`ServeState` (a plain call, not a FastAPI dependency: each dependency
+    costs tens of microseconds per request)."""
+    return request.app.state.serve
+
+
+def resolve_k(state: ServeState, k: int | None) -> int:
+    """``k`` or the default; 422 outside ``1..max_k``."""
+    if k is None:
+        return state.settings.default_k
+    if not 1 <= k <= state.settings.max_k:
+        raise HTTPException(422, f"k must be between 1 and {state.settings.max_k}; got {k}")
+    return k
+
+
+def resolve_bits(state: ServeState, bits: int | None) -> int:
+    """``bits`` or the collection's default; 422 for a code length the collection lacks."""
+    available = list(state.collection.bits)
+    if bits is None:
+        return int(state.collection.default_bits)
+    if bits not in available:
+        raise HTTPException(422, f"bits must be one of {available}; got {bits}")
+    return bits
+
+
+def thumbnail_url(request: Request, item_id: int) -> str:
+    """URL of an item's thumbnail, relative to the server root (honours ``root_path``)."""
+    return f"{request.scope.get('root_path', '')}/api/items/{item_id}/thumbnail"
+
+
+def item_response(request: Request, item: Item) -> ItemResponse:
+    """The public view of an item (no filesystem path)."""
+    return ItemResponse(id=int(item.id), name=str(item.name),
+                        labels=[str(x) for x in item.labels],
+                        thumbnail_url=thumbnail_url(request, int(item.id)))
+
+
+def request_start(request: Request) -> float:
+    """``perf_counter()`` when the request's first message arrived (set by the middleware)."""
+    return getattr(request.state, "t0", None) or time.perf_counter()

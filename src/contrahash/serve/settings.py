@@ -1,0 +1,54 @@
+"""Settings of the search service (limits, token, micro-batching)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Limits and tuning of one running service.
+
+    ``max_upload_bytes`` caps an uploaded image; a request body may exceed it by at most
+    ``multipart_overhead_bytes`` (boundaries, part headers, form fields) before the server
+    stops reading and answers 413. ``token``, when set, is required as
+    ``Authorization: Bearer TOKEN`` by every ``/api`` route. Concurrent image queries are
+    encoded together: the batcher waits at most ``batch_window_ms`` for more requests after
+    the first one, or until ``batch_max_size`` images are waiting. ``reload_interval_s`` > 0
+    makes the service call ``collection.reload()`` that often (0: only ``POST /api/reload``).
+    """
+
+    max_upload_bytes: int = 10 * MIB
+    multipart_overhead_bytes: int = 64 * 1024
+    max_k: int = 1000
+    default_k: int = 24
+    token: str | None = None
+    batch_window_ms: float = 3.0
+    batch_max_size: int = 16
+    decode_threads: int = 2
+    search_in_thread: bool = False
+    reload_interval_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        checks = {
+            "max_upload_bytes": self.max_upload_bytes > 0,
+            "multipart_overhead_bytes": self.multipart_overhead_bytes >= 0,
+            "max_k": self.max_k >= 1,
+            "default_k": 1 <= self.default_k <= self.max_k,
+            "batch_window_ms": self.batch_window_ms >= 0,
+            "batch_max_size": self.batch_max_size >= 1,
+            "decode_threads": self.decode_threads >= 1,
+            "reload_interval_s": self.reload_interval_s >= 0,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"ServeSettings.{name}: invalid value {getattr(self, name)!r}")
+        if self.token is not None and not self.token.strip():
+            raise ValueError("ServeSettings.token: must not be empty (use None for no token)")
+
+    @property
+    def max_body_bytes(self) -> int:
+        """Largest request body read before answering 413."""
+        return self.max_upload_bytes + self.multipart_overhead_bytes

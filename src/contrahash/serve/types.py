@@ -1,0 +1,105 @@
+"""The interface the search service programs against: a *collection* of indexed images.
+
+:class:`Collection` is a structural :class:`typing.Protocol`: the real implementation
+(``contrahash.collection``) and the test fake both satisfy it without inheriting from it.
+:class:`Hit`, :class:`Item` and :class:`InvalidImageError` live here so that every
+implementation imports them from one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol, runtime_checkable
+
+import numpy as np
+
+__all__ = ["Collection", "Hit", "InvalidImageError", "Item"]
+
+
+class InvalidImageError(ValueError):
+    """Bytes that are not a usable image (not an image, truncated, corrupt, too many pixels).
+
+    The message says what is wrong; the service returns it to the client with status 422.
+    """
+
+
+class Hit(NamedTuple):
+    """One search result: an item id and its Hamming distance to the query."""
+
+    id: int
+    distance: int
+
+
+@dataclass(frozen=True)
+class Item:
+    """One indexed image.
+
+    ``name`` is for display only (a file name or ``"cifar10[123]"``); ``path`` is where the image
+    came from on the indexing machine and is never sent to clients; ``labels`` are class names
+    (possibly none).
+    """
+
+    id: int
+    name: str
+    path: str | None = None
+    labels: list[str] = field(default_factory=list)
+
+
+@runtime_checkable
+class Collection(Protocol):
+    """A self-contained, searchable set of images with binary codes at one or more lengths.
+
+    Thread-safety contract (the service relies on it): every method may be called from any
+    thread, concurrently with the others, including :meth:`reload`. :meth:`reload` must swap
+    its data as one reference assignment so that a call already running finishes on the old
+    data and later calls see the new data, never a mix.
+    """
+
+    #: code lengths available, ascending
+    bits: list[int]
+    #: the code length used when a request names none (the longest)
+    default_bits: int
+
+    def __len__(self) -> int:
+        """Number of items."""
+        ...
+
+    def item(self, item_id: int) -> Item:
+        """The item with this id; ``KeyError`` when unknown."""
+        ...
+
+    def thumbnail(self, item_id: int) -> bytes:
+        """JPEG bytes of the item's thumbnail; ``KeyError`` when unknown."""
+        ...
+
+    def decode_image(self, data: bytes) -> np.ndarray:
+        """Decode an uploaded file to ``uint8 [H, W, 3]``.
+
+        Raises :class:`InvalidImageError` for anything that is not a usable image, including
+        decompression bombs (the collection sets the pixel limit).
+        """
+        ...
+
+    def encode(self, images: list[np.ndarray]) -> dict[int, np.ndarray]:
+        """±1 ``int8 [n, bits]`` codes of ``images`` for every code length (CPU-heavy)."""
+        ...
+
+    def search_codes(self, codes: np.ndarray, k: int, bits: int) -> list[list[Hit]]:
+        """The ``k`` nearest items of each ±1 query code, ranked by ``(distance, id)``."""
+        ...
+
+    def search_ids(self, ids: list[int], k: int, bits: int) -> list[list[Hit]]:
+        """Like :meth:`search_codes`, the queries being stored items (``KeyError`` if unknown)."""
+        ...
+
+    def random_id(self) -> int:
+        """The id of a random item."""
+        ...
+
+    def reload(self) -> bool:
+        """Re-read the collection's directory; ``True`` when its contents changed."""
+        ...
+
+    def info(self) -> dict[str, Any]:
+        """A JSON-serialisable summary of the manifest (count, bits, run id, created_at, ...)."""
+        ...

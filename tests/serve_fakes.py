@@ -1,0 +1,248 @@
+"""A small in-memory :class:`contrahash.serve.types.Collection` for the service's tests and the
+load benchmark's ``--fake`` mode.
+
+200 items with 32×32 JPEG thumbnails (smooth random colour fields), codes at 16 and 64 bits.
+``encode`` is a fixed function of the pixels: the image is resized to 8×8 (bilinear), centred,
+projected on a fixed Gaussian matrix and signed; the stored codes are ``encode`` of the decoded
+thumbnails, so uploading a thumbnail finds its item at distance 0. Item 3 is named
+``<script>alert(1)</script>.jpg`` and item 5 has a label with HTML in it.
+
+``decode_image`` enforces a pixel limit the way the real collection does: Pillow's
+``DecompressionBombWarning``/``DecompressionBombError`` and an explicit size check, all raised
+as :class:`InvalidImageError`, before any pixel is decoded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import socket
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from contrahash.serve.types import Hit, InvalidImageError, Item
+
+SCRIPT_NAME = "<script>alert(1)</script>.jpg"
+SCRIPT_ID = 3
+HTML_LABEL = '<b>bold</b> & "quoted" <img src=x onerror=alert(2)>'
+HTML_LABEL_ID = 5
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+           "truck"]
+
+
+def make_image(seed: int, size: int = 32) -> np.ndarray:
+    """A smooth random RGB image ``uint8 [size, size, 3]`` (survives JPEG well)."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, size=(4, 4, 3), dtype=np.uint8)
+    return np.asarray(Image.fromarray(small).resize((size, size), Image.Resampling.BICUBIC))
+
+
+def jpeg_bytes(pixels: np.ndarray, quality: int = 90) -> bytes:
+    """Encode ``uint8 [H, W, 3]`` as JPEG."""
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    items: list[Item]
+    thumbs: list[bytes]
+    codes: dict[int, np.ndarray]  # bits -> int8 ±1 [n, bits]
+
+
+class FakeCollection:
+    """In-memory collection; counts ``encode`` calls (``encode_batches``) for batching tests.
+
+    ``encode_delay_s`` + ``encode_delay_per_image_s`` make ``encode`` sleep like a CNN would.
+    :meth:`stage` queues new items that the next :meth:`reload` adds (as ``index add`` would).
+    """
+
+    def __init__(self, n: int = 200, bits: tuple[int, ...] = (16, 64), seed: int = 0,
+                 max_pixels: int = 4_000_000, encode_delay_s: float = 0.0,
+                 encode_delay_per_image_s: float = 0.0) -> None:
+        self.bits = sorted(bits)
+        self.default_bits = self.bits[-1]
+        self.max_pixels = max_pixels
+        self.encode_delay_s = encode_delay_s
+        self.encode_delay_per_image_s = encode_delay_per_image_s
+        self._projection = np.random.default_rng(1234).standard_normal((8 * 8 * 3, max(bits)))
+        self._seed = seed
+        self._lock = threading.Lock()
+        self.encode_batches: list[int] = []
+        self.search_hook: threading.Event | None = None  # search_* wait on it when set
+        self.search_entered = threading.Event()  # set when a search reaches the hook
+        self._staged: list[int] = []
+        self._rng = np.random.default_rng(seed)
+        self._state = self._build(range(n))
+
+    # ------------------------------------------------------------------ construction
+
+    def _build(self, numbers: range | list[int], base: _Snapshot | None = None) -> _Snapshot:
+        items = list(base.items) if base else []
+        thumbs = list(base.thumbs) if base else []
+        for number in numbers:
+            i = len(items)
+            name = f"item-{i:03d}.jpg" if i % 7 else f"cifar10[{i}]"
+            if i == SCRIPT_ID:
+                name = SCRIPT_NAME
+            labels = [] if i % 11 == 10 else [CLASSES[i % 10]]
+            if i == HTML_LABEL_ID:
+                labels = [HTML_LABEL]
+            items.append(Item(id=i, name=name, path=f"/data/images/{name}", labels=labels))
+            thumbs.append(jpeg_bytes(make_image(self._seed * 100_003 + number)))
+        decoded = [self.decode_image(t) for t in thumbs]
+        codes = self._encode_pure(decoded)
+        return _Snapshot(items, thumbs, codes)
+
+    # ------------------------------------------------------------------ Collection interface
+
+    def __len__(self) -> int:
+        return len(self._state.items)
+
+    def item(self, item_id: int) -> Item:
+        state = self._state
+        if not isinstance(item_id, int | np.integer) or not 0 <= item_id < len(state.items):
+            raise KeyError(item_id)
+        return state.items[int(item_id)]
+
+    def thumbnail(self, item_id: int) -> bytes:
+        self.item(item_id)
+        return self._state.thumbs[int(item_id)]
+
+    def decode_image(self, data: bytes) -> np.ndarray:
+        if not data:
+            raise InvalidImageError("empty file")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(io.BytesIO(data)) as img:
+                    w, h = img.size
+                    if w * h > self.max_pixels:
+                        raise InvalidImageError(f"{w}x{h} pixels is over the limit of "
+                                                f"{self.max_pixels} (decompression bomb?)")
+                    img.load()
+                    arr = np.array(img.convert("RGB"), dtype=np.uint8)
+        except InvalidImageError:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise InvalidImageError(f"decompression bomb: {exc}") from None
+        except UnidentifiedImageError:
+            raise InvalidImageError("not an image Pillow can read") from None
+        except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError,
+                KeyError) as exc:
+            raise InvalidImageError(f"cannot decode ({type(exc).__name__}: {exc})") from None
+        return arr
+
+    def encode(self, images: list[np.ndarray]) -> dict[int, np.ndarray]:
+        with self._lock:
+            self.encode_batches.append(len(images))
+        delay = self.encode_delay_s + self.encode_delay_per_image_s * len(images)
+        if delay:
+            time.sleep(delay)
+        return self._encode_pure(images)
+
+    def search_codes(self, codes: np.ndarray, k: int, bits: int) -> list[list[Hit]]:
+        state = self._state  # one snapshot for the whole call (reload swaps the reference)
+        self._wait_hook()
+        return _rank(np.asarray(codes, dtype=np.int32), state.codes[bits], k)
+
+    def search_ids(self, ids: list[int], k: int, bits: int) -> list[list[Hit]]:
+        state = self._state
+        for i in ids:
+            self.item(i)
+        self._wait_hook()
+        return _rank(state.codes[bits][np.asarray(ids)].astype(np.int32), state.codes[bits], k)
+
+    def random_id(self) -> int:
+        with self._lock:
+            return int(self._rng.integers(len(self._state.items)))
+
+    def reload(self) -> bool:
+        with self._lock:
+            staged, self._staged = self._staged, []
+        if not staged:
+            return False
+        self._state = self._build(staged, base=self._state)
+        return True
+
+    def info(self) -> dict[str, Any]:
+        return {"count": len(self), "bits": self.bits, "run_id": "fake-run",
+                "created_at": "2026-01-01T00:00:00Z", "method": "fake"}
+
+    # ------------------------------------------------------------------ test helpers
+
+    def stage(self, numbers: list[int]) -> None:
+        """Items (image seeds) that the next :meth:`reload` appends."""
+        with self._lock:
+            self._staged.extend(numbers)
+
+    def codes(self, bits: int) -> np.ndarray:
+        """The stored codes at ``bits`` (a copy)."""
+        return self._state.codes[bits].copy()
+
+    def _encode_pure(self, images: list[np.ndarray]) -> dict[int, np.ndarray]:
+        feats = np.stack([np.asarray(Image.fromarray(np.asarray(im, dtype=np.uint8))
+                                     .resize((8, 8), Image.Resampling.BILINEAR),
+                                     dtype=np.float64).reshape(-1) for im in images])
+        feats -= feats.mean(axis=1, keepdims=True)
+        signs = np.where(feats @ self._projection >= 0, 1, -1).astype(np.int8)
+        return {b: signs[:, :b].copy() for b in self.bits}
+
+    def _wait_hook(self) -> None:
+        hook = self.search_hook
+        if hook is None:
+            return
+        self.search_entered.set()
+        if not hook.wait(10):
+            raise TimeoutError("search_hook never released")
+
+
+def _rank(queries: np.ndarray, db: np.ndarray, k: int) -> list[list[Hit]]:
+    bits = db.shape[1]
+    dist = (bits - queries @ db.astype(np.int32).T) // 2  # Hamming distance of ±1 codes
+    ids = np.arange(db.shape[0])
+    out = []
+    for row in dist:
+        order = np.lexsort((ids, row))[:k]
+        out.append([Hit(int(i), int(row[i])) for i in order])
+    return out
+
+
+# ----------------------------------------------------------------------------- a real server
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def running_server(app: Any, timeout_s: float = 20.0) -> Iterator[tuple[str, int]]:
+    """Serve ``app`` with uvicorn in a daemon thread on 127.0.0.1; yield ``(base_url, port)``."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           access_log=False, lifespan="on"))
+    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout_s
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"uvicorn did not start on port {port}")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}", port
+    finally:
+        server.should_exit = True
+        thread.join(timeout_s)
