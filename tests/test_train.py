@@ -287,3 +287,66 @@ def test_cpu_allocator_tuning_is_idempotent_and_can_be_turned_off(monkeypatch):
 def test_cpu_extraction_batch_defaults_to_64(tmp_path):
     result = train_run(_cfg(tmp_path, "method=itq"), tmp_path / "itq")
     assert load_trained(result.run_dir)[1].eval_batch_size == 64
+
+
+def test_resume_of_a_finished_run_recomputes_nothing(tmp_path):
+    cfg = _cfg(tmp_path, "method=cibhash", "optim.epochs=1")
+    first = train_run(cfg, tmp_path / "run")
+    stamp = (tmp_path / "run" / "results.json").stat().st_mtime_ns
+    again = train_run(None, tmp_path / "run", resume=True)
+    assert again.reused and again.results == first.results
+    assert (tmp_path / "run" / "results.json").stat().st_mtime_ns == stamp
+
+
+def test_resume_can_train_longer_and_refuses_other_changes(tmp_path):
+    cfg = _cfg(tmp_path, "method=cibhash", "optim.epochs=1")
+    train_run(cfg, tmp_path / "run")
+    with pytest.raises(ValueError, match="'bits' cannot change"):
+        train_run(None, tmp_path / "run", resume=True, resume_overrides=["bits=[8]"])
+    with pytest.raises(ValueError, match="fewer than the 1 epochs"):
+        train_run(None, tmp_path / "run", resume=True, resume_overrides=["optim.epochs=0"])
+    longer = train_run(None, tmp_path / "run", resume=True, resume_overrides=["optim.epochs=3"])
+    assert not longer.reused and [r["epoch"] for r in longer.epochs] == [2, 3]
+    assert longer.results["optim"]["epochs"] == 3
+    run = RunDirectory(tmp_path / "run")
+    assert run.events("config_change")[0]["overrides"] == ["optim.epochs=3"]
+    # the same three epochs as a run planned for three (constant schedule): identical codes
+    planned = train_run(_cfg(tmp_path, "method=cibhash", "optim.epochs=3"), tmp_path / "planned")
+    for k in ("8", "16"):
+        a = np.load(tmp_path / "run" / "codes" / f"{k}.npz")["database"]
+        b = np.load(planned.run_dir / "codes" / f"{k}.npz")["database"]
+        assert np.array_equal(a, b)
+
+
+def test_resume_refuses_another_thread_count(tmp_path):
+    cfg = _cfg(tmp_path, "method=cibhash", "optim.epochs=2")
+    train_run(cfg, tmp_path / "run", stop_after_epoch=1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)
+    try:
+        with pytest.raises(RuntimeError, match="bit-identical"):
+            train_run(None, tmp_path / "run", resume=True)
+        done = train_run(None, tmp_path / "run", resume=True, allow_thread_change=True)
+    finally:
+        torch.set_num_threads(threads)
+    assert done.results["bits"] and RunDirectory(done.run_dir).events("thread_change")
+
+
+def test_a_failed_start_leaves_nothing_behind(tmp_path):
+    cfg = _cfg(tmp_path, "method=cibhash", "data.source=/nonexistent/x.npz")
+    with pytest.raises(ValueError, match="/nonexistent/x.npz"):
+        train_run(cfg, tmp_path / "runs" / "bad")
+    assert not (tmp_path / "runs" / "bad").exists()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(ValueError):
+        train_run(cfg, tmp_path / "mine")
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]
+
+
+def test_a_run_directory_has_one_writer(tmp_path):
+    from contrahash.locks import DirectoryLock, LockedError
+
+    cfg = _cfg(tmp_path, "method=itq")
+    with DirectoryLock(tmp_path / "run", what="run"), pytest.raises(LockedError, match="one writer"):
+        train_run(cfg, tmp_path / "run")

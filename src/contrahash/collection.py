@@ -97,25 +97,37 @@ def build_collection(run_dir: str | os.PathLike, data: str, out: str | os.PathLi
         raise NotADirectoryError(f"--out {out} is a file, not a directory")
     backend = _check_backend(backend)
     with DirectoryLock(out, what="index", create=True, command=command):
-        _sweep(out)
-        model_dir = out / "model"
-        _stage_dir(model_dir, lambda tmp: _copy_model(run_dir, tmp))
-        cfg, model = _load_model(out, device)
-        manifest = {
-            "format": FORMAT,
-            "created_at": _now(),
-            "run": {"dir": str(run_dir.resolve()), "run_id": sha256_file(
-                run_dir / "model.safetensors")[:16],
-                "config_sha256": sha256_file(run_dir / "config.yaml"),
-                "method": cfg.method, "backbone": cfg.backbone.name,
-                "image_size": model.image_size, "precision": model.precision},
-            "bits": chosen,
-            "count": 0,
-            "backend": backend,
-            "thumbnail": {"size": THUMBNAIL_SIZE, "format": "JPEG", "quality": THUMBNAIL_QUALITY},
-            "segments": [],
-        }
-        return _append_segment(out, manifest, model, data, image_root, as_progress(progress))
+        try:
+            return _build(run_dir, data, out, chosen, image_root, device, backend,
+                          as_progress(progress))
+        except Exception:  # a failed build leaves nothing behind
+            if not (out / MANIFEST).exists():
+                for name in ("model", "segments"):
+                    shutil.rmtree(out / name, ignore_errors=True)
+            raise
+
+
+def _build(run_dir: Path, data: str, out: Path, chosen: list[int], image_root: str | None,
+           device: str | None, backend: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    _sweep(out)
+    model_dir = out / "model"
+    _stage_dir(model_dir, lambda tmp: _copy_model(run_dir, tmp))
+    cfg, model = _load_model(out, device)
+    manifest = {
+        "format": FORMAT,
+        "created_at": _now(),
+        "run": {"dir": str(run_dir.resolve()), "run_id": sha256_file(
+            run_dir / "model.safetensors")[:16],
+            "config_sha256": sha256_file(run_dir / "config.yaml"),
+            "method": cfg.method, "backbone": cfg.backbone.name,
+            "image_size": model.image_size, "precision": model.precision},
+        "bits": chosen,
+        "count": 0,
+        "backend": backend,
+        "thumbnail": {"size": THUMBNAIL_SIZE, "format": "JPEG", "quality": THUMBNAIL_QUALITY},
+        "segments": [],
+    }
+    return _append_segment(out, manifest, model, data, image_root, progress)
 
 
 def add_to_collection(directory: str | os.PathLike, data: str, *,

@@ -42,12 +42,8 @@ def environment_info(device: Any = None) -> dict[str, Any]:
 
 def thread_record() -> dict[str, Any]:
     """The thread settings in effect (results at one seed depend on them)."""
-    try:  # TEMPORARY until runtime.thread_settings lands
-        from contrahash.runtime import thread_settings
-    except ImportError:
-        import torch
+    from contrahash.runtime import thread_settings
 
-        return {"torch_intra_op": torch.get_num_threads()}
     return thread_settings()
 
 

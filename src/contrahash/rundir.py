@@ -36,12 +36,15 @@ import yaml
 from contrahash.config import TrainConfig, config_to_dict, resolve_config
 from contrahash.io import append_jsonl, atomic_write, write_json, write_npz, write_text
 
-__all__ = ["CHECKPOINT", "CHECKPOINT_STATE", "MODEL", "RunDirectory", "RunStateError"]
+__all__ = ["CHECKPOINT", "CHECKPOINT_STATE", "MODEL", "RESUME_OVERRIDES", "RunDirectory",
+           "RunStateError"]
 
 CHECKPOINT = "checkpoint.safetensors"
 CHECKPOINT_STATE = "checkpoint_state.pt"
 MODEL = "model.safetensors"
 RESULTS = "results.json"
+#: config keys a resume may change: training longer, and where or how fast it runs
+RESUME_OVERRIDES = ("optim.epochs", "device", "eval_batch_size")
 
 
 class RunStateError(RuntimeError):
@@ -94,12 +97,41 @@ class RunDirectory:
         self._write("config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
         self._write("command.txt", _command_line(command) + "\n")
 
-    def open_for_resume(self, command: str | None = None) -> TrainConfig:
-        """The run's own config, for a resume; records the resuming command."""
+    def open_for_resume(self, command: str | None = None,
+                        overrides: list[str] | None = None) -> TrainConfig:
+        """The run's own config, for a resume; records the resuming command.
+
+        ``overrides`` (``key=value``) may only change what a resume can honour:
+        :data:`RESUME_OVERRIDES` (e.g. more ``optim.epochs``); the changed config is written
+        back to config.yaml and logged as a "config_change" event. Anything else is refused.
+        """
+        from contrahash.config import parse_override
+
         if not self.is_run():
             raise FileNotFoundError(
                 f"--resume: {self.path} holds no config.yaml (not a run directory)")
         cfg = resolve_config(self.path / "config.yaml")
+        changes: list[str] = []
+        for text in overrides or []:
+            keys, _ = parse_override(text)
+            key = ".".join(keys)
+            if key not in RESUME_OVERRIDES:
+                raise ValueError(
+                    f"--resume: '{key}' cannot change in a run that has started (its results "
+                    f"would mix two configs); a resume may change {', '.join(RESUME_OVERRIDES)}; "
+                    "start a new run for anything else")
+            changes.append(text)
+        if changes:
+            new = resolve_config(self.path / "config.yaml", changes)
+            if "epochs" in cfg.optim or "epochs" in new.optim:
+                done = len(self.epoch_records())
+                if int(new.optim.get("epochs", 0)) < done:
+                    raise ValueError(f"--resume: optim.epochs={new.optim.get('epochs')} is fewer "
+                                     f"than the {done} epochs already trained")
+            write_text(self.path / "config.yaml", yaml.safe_dump(config_to_dict(new),
+                                                                  sort_keys=False))
+            self.log_event("config_change", overrides=changes)
+            cfg = new
         write_text(self.path / "command_resume.txt", _command_line(command) + "\n")
         return cfg
 

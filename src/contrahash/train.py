@@ -33,7 +33,7 @@ from contrahash.model import HashingModel, build_model, select_device
 from contrahash.neighbours import NeighbourMining
 from contrahash.progress import Progress, ProgressCallback, as_progress
 from contrahash.providers import Epoch, FeatureProvider, feature_view_batches, make_provider
-from contrahash.rundir import RunDirectory
+from contrahash.rundir import RunDirectory, RunStateError
 
 __all__ = [
     "RunResult",
@@ -290,18 +290,26 @@ def train_run(
     progress: ProgressCallback | None = None,
     shared_cache: FeatureCache | None = None,
     stop_after_epoch: int | None = None,
+    resume_overrides: Sequence[str] = (),
+    allow_thread_change: bool = False,
 ) -> RunResult:
     """Train ``cfg.method`` and evaluate it in a run directory; see the module docstring.
 
-    ``resume=True`` continues the run in ``run_dir`` from its last checkpoint (its own
-    config.yaml is used; ``cfg`` is ignored). ``shared_cache`` lets several runs share one
-    feature cache; ``stop_after_epoch`` interrupts after that many epochs (tests of resume).
+    ``resume=True`` continues the run in ``run_dir`` from its last checkpoint with its own
+    config.yaml (``cfg`` is ignored); ``resume_overrides`` may change what a resume can honour
+    (:data:`~contrahash.rundir.RESUME_OVERRIDES`, e.g. ``optim.epochs=60`` to train a finished
+    run longer). A finished run is not recomputed: its results are returned (``reused``).
+    A resume refuses another thread count than the run's (results at one seed depend on it)
+    unless ``allow_thread_change``. ``shared_cache`` lets several runs share one feature
+    cache; ``stop_after_epoch`` interrupts after that many epochs (tests of resume).
     """
     if run_dir is None and cfg is None:
         raise ValueError("train_run: give a config, or the run directory to resume")
     run = RunDirectory(run_dir if run_dir is not None else default_run_dir(cfg))
-    return Trainer(run, cfg, resume=resume, command=command, progress=as_progress(progress),
-                   shared_cache=shared_cache).fit(stop_after_epoch=stop_after_epoch)
+    trainer = Trainer(run, cfg, resume=resume, command=command, progress=as_progress(progress),
+                      shared_cache=shared_cache, resume_overrides=resume_overrides,
+                      allow_thread_change=allow_thread_change)
+    return trainer.fit(stop_after_epoch=stop_after_epoch)
 
 
 class Trainer:
@@ -309,13 +317,16 @@ class Trainer:
 
     def __init__(self, run: RunDirectory, cfg: TrainConfig | None, *, resume: bool = False,
                  command: str | None = None, progress: Progress | ProgressCallback | None = None,
-                 shared_cache: FeatureCache | None = None) -> None:
+                 shared_cache: FeatureCache | None = None,
+                 resume_overrides: Sequence[str] = (), allow_thread_change: bool = False) -> None:
         self.run = run
         self.cfg = cfg
         self.resume = resume
         self.command = command
         self.progress = as_progress(progress)
         self.shared_cache = shared_cache
+        self.resume_overrides = list(resume_overrides)
+        self.allow_thread_change = allow_thread_change
         self.completed_epochs = 0
 
     # -- set-up ------------------------------------------------------------------------
@@ -359,24 +370,40 @@ class Trainer:
 
     # -- orchestration -------------------------------------------------------------------
     def fit(self, stop_after_epoch: int | None = None) -> RunResult:
-        """Set up, train (or fit), save the model, evaluate, write results.json."""
+        """Set up, train (or fit), save the model, evaluate, write results.json — holding the
+        run directory's lock; a new run that fails before its first checkpoint leaves nothing
+        behind."""
+        from contrahash.locks import DirectoryLock
+
+        if self.resume and not self.run.path.is_dir():
+            raise FileNotFoundError(f"--resume: {self.run.path} does not exist")
+        lock = DirectoryLock(self.run.path, what="run", command=self.command,
+                             hint="choose another --run-dir / name=")
+        with lock:
+            try:
+                return self._fit(stop_after_epoch)
+            except Exception:
+                if not self.resume and self.run.state() == "new":
+                    self.run.abandon()
+                raise
+
+    def _fit(self, stop_after_epoch: int | None) -> RunResult:
         if self.resume:
-            self.cfg = self.run.open_for_resume(self.command)
-            if self.run.state() == "finished":
+            finished = self.run.state() == "finished"
+            before = self.run.read_json("results.json").get("optim", {}).get("epochs")
+            self.cfg = self.run.open_for_resume(self.command, self.resume_overrides)
+            self._check_threads()
+            longer = self.cfg.optim.get("epochs") not in (None, before)
+            if finished and not longer:
                 results = self.run.read_json("results.json")
                 return RunResult(self.run.path, results, self.run.epoch_records(),
                                  float(results.get("train_seconds") or 0.0),
                                  float(results.get("images_per_second") or 0.0), reused=True)
         else:
             self.run.create(self.cfg, self.command)
-        try:
-            self.setup()
-            method = self.model.method
-            spec = resolve_optim(method, self.cfg.optim)
-        except Exception:
-            if not self.resume:
-                self.run.abandon()  # a failed start leaves nothing behind
-            raise
+        self.setup()
+        method = self.model.method
+        spec = resolve_optim(method, self.cfg.optim)
         method_config = asdict(method.config)
         # every hyper-parameter in effect, defaults included: config.yaml holds only what was set
         self.run.log_event("start", optim=spec.__dict__, method_config=method_config,
@@ -412,6 +439,21 @@ class Trainer:
         return evaluate(self.model, self.provider.test_features, self.dataset.labels, self.split,
                         self.cfg.evaluate_on, method_name=self.cfg.method, run=self.run,
                         progress=self.progress)
+
+    def _check_threads(self) -> None:
+        """A resume runs with the run's thread count: results at one seed depend on it."""
+        recorded = (self.run.read_json("environment.json").get("threads") or {}).get(
+            "torch_intra_op")
+        now = torch.get_num_threads()
+        if recorded is None or recorded == now or self.allow_thread_change:
+            if recorded is not None and recorded != now:
+                self.run.log_event("thread_change", recorded=recorded, now=now)
+            return
+        raise RunStateError(
+            f"{self.run.path} trained with {recorded} thread(s), this process has {now}: results "
+            f"at one seed depend on the thread count, so the resumed run would not be "
+            f"bit-identical; resume with --threads {recorded} (or CONTRAHASH_THREADS={recorded}), "
+            "or pass --allow-thread-change to continue anyway")
 
     # -- training ----------------------------------------------------------------------
     def _train(self, spec: OptimSpec, stop_after_epoch: int | None) -> list[dict[str, Any]]:

@@ -8,62 +8,26 @@ long phases is drawn here (:mod:`contrahash.cli.progress`), never in the library
 
 from __future__ import annotations
 
-from typing import Annotated
-
-import typer
-
-from contrahash.cli import bench, data, index, serve, train
-from contrahash.cli.common import guarded, state
+from typing import Any
 
 __all__ = ["app", "main"]
 
-app = typer.Typer(
-    name="contrahash",
-    help="Unsupervised deep hashing for image retrieval: train, encode, index, search, evaluate.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-
-
-@app.callback()
-def _options(
-    debug: Annotated[bool, typer.Option(
-        "--debug", help="show the full traceback of an error (also CONTRAHASH_DEBUG=1)")] = False,
-) -> None:
-    """Unsupervised deep hashing for image retrieval: train, encode, index, search, evaluate."""
-    if debug:
-        state["debug"] = True
-
-
-index_app = typer.Typer(help="Build, extend and inspect indexes: a collection directory from "
-                         "a trained run and images, or an index file from codes.",
-                         no_args_is_help=True)
-
-COMMANDS = [
-    (app, "train", train.train_command),
-    (app, "encode", train.encode_command),
-    (app, "demo", train.demo_command),
-    (index_app, "build", index.build_command),
-    (index_app, "add", index.add_command),
-    (index_app, "info", index.info_command),
-    (app, "search", index.search_command),
-    (app, "evaluate", index.evaluate_command),
-    (data.data_app, "info", data.info),
-    (data.data_app, "split", data.split),
-    (app, "benchmark", bench.benchmark_command),
-    (app, "serve", serve.serve_command),
-]
-for _group, _name, _function in COMMANDS:
-    _group.command(_name)(guarded(_function))
-app.add_typer(index_app, name="index")
-app.add_typer(data.data_app, name="data")
-
 
 def main() -> None:
-    """Console-script entry point: process settings first, then the command."""
-    from contrahash.runtime import tune_cpu_allocator
+    """Console-script entry point: process settings first (before torch and faiss load their
+    OpenMP runtimes: see :mod:`contrahash.runtime`), then the command."""
+    from contrahash.runtime import apply_thread_policy, tune_cpu_allocator
 
-    tune_cpu_allocator()  # before any tensor work: see contrahash.runtime
+    apply_thread_policy()
+    tune_cpu_allocator()  # before any tensor work
+    from contrahash.cli.commands import app
+
     app()
 
+
+def __getattr__(name: str) -> Any:
+    if name == "app":  # the typer app, imported on first use (main() sets threads first)
+        from contrahash.cli.commands import app
+
+        return app
+    raise AttributeError(f"module 'contrahash.cli' has no attribute {name!r}")

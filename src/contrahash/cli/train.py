@@ -23,6 +23,9 @@ def train_command(
         "--resume", help="continue the run in this directory")] = None,
     run_dir: Annotated[Path | None, typer.Option(
         "--run-dir", help="where to write the run (default runs/<name>)")] = None,
+    allow_thread_change: Annotated[bool, typer.Option(
+        "--allow-thread-change", help="resume with another thread count than the run's "
+        "(it continues, but not bit-identically)")] = False,
     progress: ProgressOption = True,
 ) -> None:
     """Train a hashing method and evaluate it; writes a complete run directory."""
@@ -36,10 +39,11 @@ def train_command(
         config = None
     display = progress_display(progress)
     if resume is not None:
-        if config is not None or args:
-            fail("--resume continues a run with its own config.yaml; give no config file or "
-                 "key=value overrides with it")
-        result = train_run(None, resume, resume=True, command=invoked_command(), progress=display)
+        if config is not None:
+            fail("--resume continues a run with its own config.yaml; give no config file with "
+                 "it (key=value overrides such as optim.epochs=60 are allowed)")
+        result = train_run(None, resume, resume=True, command=invoked_command(), progress=display,
+                           resume_overrides=args, allow_thread_change=allow_thread_change)
         if result.reused:
             console.print(f"{resume} has already finished: nothing to do (its results below; "
                           f"`contrahash evaluate {resume}` re-reads them)")
