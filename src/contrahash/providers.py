@@ -37,6 +37,7 @@ from contrahash.progress import Progress, ProgressCallback, as_progress
 
 __all__ = [
     "Batch",
+    "BlockCache",
     "CachedViews",
     "EndToEnd",
     "Epoch",
@@ -285,15 +286,195 @@ class EndToEnd(FeatureProvider):
                                   tokens=self.model.tokens, generator=gen)
 
 
+class BlockCache(FeatureProvider):
+    """Fine-tuning the last N blocks from cached block inputs (``cache.mode: blocks``).
+
+    The frozen part of the backbone runs once: the activation entering the first trainable
+    block (:meth:`~contrahash.backbones.Backbone.block_input`) is cached, float16 and
+    memory-mapped, for V augmented views of every training image and for every evaluated
+    image (un-augmented). Training then runs only the last N blocks and the head
+    (:meth:`~contrahash.backbones.Backbone.forward_from`) on V fixed views per image — the
+    feature cache's approximation, one level down; features for evaluation, ``fit`` and
+    neighbour mining run the current last N blocks on the cached clean inputs.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.blocks = int(self.cfg.backbone.finetune_blocks)
+        self.recipes = 1
+        self._views: torch.Tensor | None = None
+        self._clean_blocks: torch.Tensor | None = None
+        self._neighbour_rows: np.ndarray | None = None
+        self._neighbour_pool: torch.Tensor | None = None
+        self._prob = 0.0
+
+    def _prefix(self, indices: np.ndarray, transform: Any, *, out: np.ndarray, start: int,
+                generator: torch.Generator | None, on_batch: Callable[[int], None]) -> None:
+        """Block inputs of ``images[indices]`` under ``transform``, rows from ``start``."""
+        from contrahash.features import autocast_for
+
+        model, backbone = self.model, self.model.backbone
+        images = self.images()
+        was_training = backbone.training
+        backbone.eval()
+        try:
+            with torch.no_grad():
+                for lo in range(start, len(indices), model.eval_batch_size):
+                    hi = min(lo + model.eval_batch_size, len(indices))
+                    x = backbone_inputs(backbone, images[indices[lo:hi]], transform, model.device,
+                                        generator=generator)
+                    with autocast_for(model.device, model.amp):
+                        a = backbone.block_input(x, self.blocks)
+                    out[lo:hi] = a.float().cpu().numpy().astype(np.float16)
+                    on_batch(hi - lo)
+        finally:
+            backbone.train(was_training)
+
+    def clean_blocks(self) -> torch.Tensor:
+        """[n_used, ...] block inputs of every image the split uses (test transform)."""
+        if self._clean_blocks is None:
+            used = self.used_indices()
+            self._clean_row = np.full(len(self.dataset.images), -1, dtype=np.int64)
+            self._clean_row[used] = np.arange(len(used))
+            key = self.feature_key("block-clean", blocks=self.blocks, images=hash_indices(used))
+            shape = (len(used), *self.model.backbone.block_input_shape(self.blocks))
+
+            def compute(out: np.ndarray, start: int) -> np.ndarray:
+                with self.progress.phase("block inputs of the evaluated images",
+                                         len(used) - start) as phase:
+                    self._prefix(used, self.model.test_transform(), out=out, start=start,
+                                 generator=None, on_batch=phase.advance)
+                return out
+
+            self._clean_blocks = tensor_view(self.cache.get_or_compute(key, shape, compute))
+        return self._clean_blocks
+
+    def block_views(self) -> np.ndarray:
+        """[n_train, V, ...] block inputs of V augmented views per training image."""
+        from contrahash.augment import view_augmenters
+
+        method, cfg = self.model.method, self.cfg
+        v = cfg.cache.views
+        if v < method.n_views:
+            raise ValueError(f"cache.views={v} but method '{method.name}' needs "
+                             f"{method.n_views} views per image")
+        train = self.split.train
+        augmenters = view_augmenters(method.augmentation, self.model.image_size, method.n_views)
+        recipes = [a.recipe for a in augmenters]
+        self.recipes = len(set(recipes))
+        key = self.feature_key("block-views", blocks=self.blocks, views=v, recipes=recipes,
+                               augment=cfg.augment, train=hash_indices(train),
+                               view_seed=cfg.seed)
+        shape = (len(train), v, *self.model.backbone.block_input_shape(self.blocks))
+
+        def compute(out: np.ndarray, start: int) -> np.ndarray:
+            first = start // len(train) if len(train) else 0
+            with self.progress.phase("block inputs of the training views",
+                                     len(train) * (v - first)) as phase:
+                for j in range(first, v):
+                    aug = with_overrides(augmenters[j % len(augmenters)], cfg.augment)
+                    gen = torch.Generator(device=self.generator_device()).manual_seed(
+                        cfg.seed * 1000 + j)
+                    column = np.empty(shape[:1] + shape[2:], dtype=np.float16)
+                    self._prefix(train, aug, out=column, start=0, generator=gen,
+                                 on_batch=phase.advance)
+                    out[:, j] = column
+                    self.cache.mark_progress((j + 1) * len(train))
+            return out
+
+        return self.cache.get_or_compute(key, shape, compute)
+
+    def _suffix(self, blocks: torch.Tensor, rows: np.ndarray, chunk: int = 256) -> np.ndarray:
+        """Features of cached block inputs ``blocks[rows]`` through the current last N blocks
+        (eval mode), gathered chunk by chunk."""
+        from contrahash.features import autocast_for
+
+        model, backbone = self.model, self.model.backbone
+        was_training = backbone.training
+        backbone.eval()
+        out = []
+        try:
+            with torch.no_grad():
+                for lo in range(0, len(rows), chunk):
+                    a = blocks[torch.from_numpy(rows[lo:lo + chunk])].to(model.device).float()
+                    if model.channels_last and a.dim() == 4:
+                        a = a.contiguous(memory_format=torch.channels_last)
+                    with autocast_for(model.device, model.amp):
+                        f = backbone.forward_from(a, self.blocks, tokens=model.tokens)
+                    out.append(f.float().cpu().numpy().astype(np.float16))
+        finally:
+            backbone.train(was_training)
+        return np.concatenate(out)
+
+    def clean_features(self, indices: np.ndarray) -> np.ndarray:
+        """Features of the current model (the pretrained one before training) on clean
+        inputs: the cached block inputs through the current last N blocks."""
+        blocks = self.clean_blocks()
+        rows = self._clean_row[np.asarray(indices)]
+        if (rows < 0).any():
+            raise IndexError("clean_features: index outside the split's images")
+        return self._suffix(blocks, rows)
+
+    def test_features(self, indices: np.ndarray) -> np.ndarray:
+        with self.progress.phase("encoding", len(indices)) as phase:
+            features = self.clean_features(indices)
+            phase.advance(len(indices))
+        return features
+
+    def prepare(self) -> None:
+        if self._views is None:
+            self._views = tensor_view(self.block_views())
+            self.clean_blocks()
+
+    def use_neighbours(self, mined: MinedNeighbours | None, spec: NeighbourSpec | None) -> None:
+        if mined is None or spec is None:
+            self._neighbour_rows, self._prob = None, 0.0
+            return
+        self._prob = spec.prob
+        if spec.pool == "train":
+            self._neighbour_rows, self._neighbour_pool = mined.rows_in(self.split.train), None
+            return
+        self.clean_blocks()  # the pool's clean block inputs: rows of the clean cache
+        self._neighbour_rows = self._clean_row[mined.neighbours]
+        self._neighbour_pool = self.clean_blocks()
+
+    def epoch(self, batch_size: int, generator: torch.Generator) -> Epoch:
+        self.prepare()
+        model = self.model
+        batches = feature_view_batches(self._views, batch_size, model.method.n_views, generator,
+                                       self._neighbour_rows, self._prob, self._neighbour_pool,
+                                       recipes=self.recipes)
+        backbone, blocks, device = model.backbone, self.blocks, model.device
+
+        def forward(views: list[torch.Tensor]) -> list[torch.Tensor]:
+            from contrahash.features import autocast_for
+
+            a = torch.cat(views).to(device)
+            if model.channels_last and a.dim() == 4:
+                a = a.contiguous(memory_format=torch.channels_last)
+            with autocast_for(device, model.amp):
+                f = backbone.forward_from(a, blocks, tokens=model.tokens)
+            return list(f.float().chunk(len(views)))
+
+        return Epoch(batches, forward, (backbone,))
+
+
 def make_provider(model: HashingModel, dataset: Any, split: Any, cfg: TrainConfig,
                   cache: FeatureCache, progress: Progress | ProgressCallback | None = None) -> FeatureProvider:
     """The provider the config asks for: cached views for a frozen backbone (token grids only
-    while their cache fits ``cache.max_token_gib``), end to end otherwise."""
+    while their cache fits ``cache.max_token_gib``), cached block inputs for a fine-tuned one
+    with ``cache.mode: blocks``, end to end otherwise."""
     mode = cfg.cache.mode
-    if mode not in ("auto", "on", "off"):
-        raise ValueError(f"cache.mode must be auto, on or off, got '{mode}'")
+    if mode not in ("auto", "on", "off", "blocks"):
+        raise ValueError(f"cache.mode must be auto, on, off or blocks, got '{mode}'")
     if mode == "on" and not model.frozen:
-        raise ValueError("cache.mode=on needs a frozen backbone (backbone.finetune_blocks=0)")
+        raise ValueError("cache.mode=on needs a frozen backbone (backbone.finetune_blocks=0); "
+                         "cache.mode=blocks caches the inputs of the fine-tuned blocks")
+    if mode == "blocks" and not model.frozen:
+        if cfg.backbone.finetune_blocks < 1:
+            raise ValueError("cache.mode=blocks needs backbone.finetune_blocks=N >= 1 (the last "
+                             "N blocks train from their cached inputs)")
+        return BlockCache(model, dataset, split, cfg, cache, progress)
     cached = model.frozen and mode != "off"
     provider: FeatureProvider = CachedViews(model, dataset, split, cfg, cache, progress)
     if cached and model.tokens and mode == "auto":
@@ -402,6 +583,16 @@ def with_overrides(augmenter: Any, overrides: dict[str, Any]) -> Any:
     from contrahash.augment import BatchAugment
 
     return BatchAugment(augmenter.recipe, augmenter.size, **overrides)
+
+
+def tensor_view(array: np.ndarray) -> torch.Tensor:
+    """A tensor over a (read-only, memory-mapped) array, without a copy: pages are read when
+    rows are gathered."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not writable.*")
+        return torch.from_numpy(np.asarray(array))
 
 
 def hash_indices(indices: np.ndarray) -> str:
