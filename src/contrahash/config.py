@@ -3,11 +3,16 @@
 >>> cfg = resolve_config(None, ["method=cibhash", "bits=[16,64]", "backbone.finetune_blocks=6"])
 >>> cfg.method, cfg.bits, cfg.backbone.finetune_blocks
 ('cibhash', [16, 64], 6)
+
+Every resolved config passes :func:`validate_config` (value ranges, the ``optim`` keys), so a
+bad value stops before anything runs, with one line naming the dotted field and the value.
+A YAML file may start from another with ``extends: other.yaml`` (see :func:`load_yaml`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -169,10 +174,19 @@ def _coerce(value: Any, typ: Any, path: str) -> Any:
             raise ConfigError(f"{path}: expected an integer, got {value!r}")
         return converted
     if typ is str:
+        if isinstance(value, bool):  # YAML 1.1 reads on/off/yes/no/true/false as booleans
+            if path in _ON_OFF_FIELDS:
+                return "on" if value else "off"
+            raise ConfigError(f"{path}: expected a string, got {value!r} (YAML reads yes/no/"
+                              f"on/off/true/false as a boolean; quote the word: {path}='...')")
         if not isinstance(value, str | int | float):
             raise ConfigError(f"{path}: expected a string, got {value!r}")
         return str(value)
     return value
+
+
+#: string fields whose choices include "on" and "off", which YAML reads as true/false
+_ON_OFF_FIELDS = frozenset({"cache.mode"})
 
 
 def _build(cls: type, values: dict[str, Any], path: str = "") -> Any:
@@ -215,8 +229,14 @@ def merge_value(base: dict[str, Any], keys: list[str], value: Any) -> None:
         node[keys[-1]] = value
 
 
-def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a YAML config file into a dict, with errors that name the file."""
+def load_yaml(path: str | os.PathLike, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a YAML config file into a dict, with errors that name the file.
+
+    A top-level ``extends: other.yaml`` (a path relative to this file) reads that file first
+    and lays this file's keys over it: sections (``data``, ``backbone``, …) and free-form
+    mappings (``optim``, ``augment``, …) merge key by key, any other value replaces. The base
+    may extend another file in turn; a cycle is refused with the chain of files named.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -226,7 +246,35 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
+    if EXTENDS_KEY in data:
+        data = _extend(path, data, _chain)
     return data
+
+
+#: the top-level key of a config file that names the file it starts from
+EXTENDS_KEY = "extends"
+
+
+def _extend(path: Path, data: dict[str, Any], chain: tuple[Path, ...]) -> dict[str, Any]:
+    """``data`` (read from ``path``) laid over the file its ``extends`` key names."""
+    data = dict(data)
+    parent = data.pop(EXTENDS_KEY)
+    if not isinstance(parent, str) or not parent.strip():
+        raise ConfigError(f"{path}: extends: expected the path of a YAML file (relative to "
+                          f"this one), got {parent!r}")
+    chain = (*chain, path)
+    target = Path(os.path.normpath(path.parent / os.path.expanduser(parent)))
+    seen = [p.resolve() for p in chain]
+    if target.resolve() in seen:
+        names = " -> ".join(str(p) for p in (*chain, target))
+        raise ConfigError(f"{path}: extends cycle: {names}")
+    if not target.is_file():
+        raise ConfigError(f"{path}: extends: file not found: {target}")
+    merged: dict[str, Any] = {}
+    for source in (load_yaml(target, chain), data):
+        for keys, value in _flatten(source):
+            merge_value(merged, keys, value)
+    return merged
 
 
 def resolve_config(
@@ -241,14 +289,112 @@ def resolve_config(
         keys, value = parse_override(text)
         merge_value(values, keys, value)
     try:
-        cfg = _build(TrainConfig, values)
-        if cfg.compile_mode not in COMPILE_MODES:
-            raise ConfigError(f"compile_mode: expected one of {', '.join(COMPILE_MODES)}, "
-                              f"got {cfg.compile_mode!r}")
-        return cfg
+        return validate_config(_build(TrainConfig, values))
     except ConfigError as exc:
         where = f"{path}: " if path else ""
         raise ConfigError(f"{where}{exc}") from None
+
+
+#: the longest code length a config may ask for: a 4096-bit code is already 512 bytes per
+#: image, as large as the float features it replaces; longer codes are not hashing
+MAX_BITS = 4096
+OPTIM_NAMES = ("adam", "sgd")
+SCHEDULES = ("constant", "cosine")
+CACHE_MODES = ("auto", "on", "off", "blocks")
+EVALUATE_ON = ("query", "val")
+
+
+def _optim_types() -> dict[str, Any]:
+    """``optim`` key → type: the fields of :class:`contrahash.methods.base.OptimSpec`."""
+    from contrahash.methods.base import OptimSpec  # here: importing the methods loads torch
+
+    return get_type_hints(OptimSpec)
+
+
+def _fail(field: str, rule: str, value: Any) -> None:
+    raise ConfigError(f"{field}: {rule}, got {value!r}")
+
+
+def _check_number(field: str, value: Any, *, low: float, low_open: bool = False,
+                  high: float | None = None, high_open: bool = False,
+                  finite: bool = True) -> None:
+    """``low <= value`` (``<`` when open), ``value <= high`` (``<``), finite unless told."""
+    if isinstance(value, float) and (math.isnan(value) or (finite and math.isinf(value))):
+        _fail(field, "must be a finite number", value)
+    ok = value > low if low_open else value >= low
+    if high is not None:
+        ok = ok and (value < high if high_open else value <= high)
+    if not ok:
+        lo = f"{'>' if low_open else '>='} {low:g}"
+        hi = "" if high is None else f" and {'<' if high_open else '<='} {high:g}"
+        _fail(field, f"must be {lo}{hi}", value)
+
+
+def _check_choice(field: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        _fail(field, f"expected one of {', '.join(choices)}", value)
+
+
+def _validate_optim(optim: dict[str, Any]) -> dict[str, Any]:
+    """``optim`` with known keys only, each value coerced to OptimSpec's type and checked."""
+    types = _optim_types()
+    unknown = sorted(set(optim) - set(types))
+    if unknown:
+        raise ConfigError(f"optim: unknown key(s) {unknown}; known keys: {sorted(types)}")
+    out = {key: _coerce(value, types[key], f"optim.{key}") for key, value in optim.items()}
+    ranges: dict[str, dict[str, Any]] = {
+        "epochs": {"low": 1},
+        "batch_size": {"low": 2},
+        "lr": {"low": 0, "low_open": True},
+        "weight_decay": {"low": 0},
+        "momentum": {"low": 0, "high": 1, "high_open": True},
+        "backbone_lr_scale": {"low": 0},
+    }
+    for key, value in out.items():
+        if key in ranges:
+            _check_number(f"optim.{key}", value, **ranges[key])
+    if "name" in out:
+        _check_choice("optim.name", out["name"], OPTIM_NAMES)
+    if "schedule" in out:
+        _check_choice("optim.schedule", out["schedule"], SCHEDULES)
+    return out
+
+
+def _validate_bits(bits: list[int]) -> None:
+    if not bits:
+        _fail("bits", "expected a non-empty list of code lengths, e.g. [16, 32, 64]", bits)
+    for value in bits:
+        if not 1 <= value <= MAX_BITS:
+            _fail("bits", f"code lengths must be integers in 1..{MAX_BITS} (a {MAX_BITS}-bit "
+                  "code is already as large as the float features it replaces: longer codes "
+                  "are not hashing)", value)
+    repeated = sorted({b for b in bits if bits.count(b) > 1})
+    if repeated:
+        _fail("bits", f"code lengths must be distinct ({repeated[0]} is listed twice)", bits)
+
+
+def validate_config(cfg: TrainConfig) -> TrainConfig:
+    """Check every value's range or choice and the ``optim`` keys; returns ``cfg`` with its
+    ``optim`` values converted to :class:`~contrahash.methods.base.OptimSpec`'s types.
+
+    Raises :class:`ConfigError` with one line naming the dotted field and the bad value.
+    Field types were already checked by :func:`resolve_config`'s build step.
+    """
+    cfg.optim = _validate_optim(cfg.optim)
+    _validate_bits(cfg.bits)
+    _check_number("seed", cfg.seed, low=0)
+    _check_number("data.seed", cfg.data.seed, low=0)
+    _check_number("backbone.finetune_blocks", cfg.backbone.finetune_blocks, low=-1)
+    if cfg.backbone.image_size is not None:
+        _check_number("backbone.image_size", cfg.backbone.image_size, low=8)
+    _check_number("cache.views", cfg.cache.views, low=1)
+    _check_choice("cache.mode", cfg.cache.mode, CACHE_MODES)
+    _check_number("cache.max_token_gib", cfg.cache.max_token_gib, low=0, finite=False)
+    if cfg.eval_batch_size is not None:
+        _check_number("eval_batch_size", cfg.eval_batch_size, low=1)
+    _check_choice("evaluate_on", cfg.evaluate_on, EVALUATE_ON)
+    _check_choice("compile_mode", cfg.compile_mode, COMPILE_MODES)
+    return cfg
 
 
 def _flatten(d: dict[str, Any], prefix: list[str] | None = None):
