@@ -59,9 +59,9 @@ def test_split_writes_lists(app, tmp_path):
     args = ["data", "split", "cifar10-1", "--source", "digits", "--seed", "3", "--scale", "0.1"]
     result, text = _run(app, [*args, "--val-size", "50", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert "│ database │ 1,697 │" in text
+    assert "│ database │ 619 │" in text
     meta = json.loads((out / "split.json").read_text())
-    assert meta["counts"] == {"query": 100, "database": 1697, "train": 500, "val": 50}
+    assert meta["counts"] == {"query": 100, "database": 619, "train": 500, "val": 50}
     split = load_split(out)
     assert split.seed == 3 and split.protocol == "cifar10-1" and len(split.val) == 50
 

@@ -3,7 +3,10 @@ saved split files."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +22,7 @@ from contrahash.protocols import (
 )
 
 CIFAR_LABELS = np.repeat(np.arange(10), 6000)  # 60,000 labels, 6,000 per class
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _per_class(idx, labels=CIFAR_LABELS):
@@ -61,10 +65,13 @@ def test_cifar10_2_train_is_database():
 def test_scale_shrinks_every_count():
     labels = np.repeat(np.arange(10), 60)
     s = make_split("cifar10-1", labels, seed=0, scale=0.01)
-    assert s.counts() == {"query": 10, "database": 590, "train": 50}
+    # per class: 1 query, 5 train, database = train + max(1, round(0.01 * 54)) = 6
+    assert s.counts() == {"query": 10, "database": 60, "train": 50}
     assert _per_class(s.query, labels) == [1] * 10 and _per_class(s.train, labels) == [5] * 10
+    assert _per_class(s.database, labels) == [6] * 10
     s = make_split("coco", np.ones((500, 4), np.uint8), seed=0, scale=0.01)
-    assert s.counts() == {"query": 50, "database": 450, "train": 100}
+    # 50 query, 100 train, database = train + round(0.01 * 350) = 104
+    assert s.counts() == {"query": 50, "database": 104, "train": 100}
 
 
 def test_seed_determinism():
@@ -210,7 +217,7 @@ def test_random_preset_drop_unlabeled():
     labels = np.ones((300, 2), np.uint8)
     labels[:100] = 0
     s = make_split("flickr25k", labels, scale=0.01, drop_unlabeled=True)
-    assert s.counts() == {"query": 20, "database": 180, "train": 50}
+    assert s.counts() == {"query": 20, "database": 51, "train": 50}  # 50 + round(0.01 * 130)
     assert s.query.min() >= 100 and s.database.min() >= 100
 
 
@@ -269,7 +276,10 @@ def test_val_is_carved_without_moving_other_parts():
 def test_accepts_dataset_and_records_fingerprint():
     ds = load_source("digits")
     s = make_split("cifar10-1", ds, seed=0, scale=0.1)
-    assert s.counts() == {"query": 100, "database": 1697, "train": 500}
+    # 10 query + 50 train per class; database = train + round(0.1 * (class size - 60))
+    rest = np.bincount(ds.labels.argmax(axis=1)) - 60
+    assert s.counts() == {"query": 100, "database": int(500 + np.round(0.1 * rest).sum()),
+                          "train": 500} == {"query": 100, "database": 619, "train": 500}
     assert s.fingerprint == ds.fingerprint and s.class_names == ds.class_names
 
 
@@ -323,3 +333,135 @@ def test_split_for_run_creates_then_reuses(tmp_path):
     shuffled = np.random.default_rng(0).permutation(labels)  # same size and class totals
     with pytest.raises(DataError, match="per-class counts"):
         split_for_run(tmp_path, "cifar10-1", shuffled, seed=0, scale=0.1)
+
+
+# --- scale: every part shrinks; scale 1.0 is the unscaled split, bit for bit --------------
+
+
+@pytest.mark.parametrize(
+    "protocol, counts, database_per_class",
+    [
+        # per class 5 query, 25 train; database = 25 + round(0.05 * 5970) = 323
+        ("cifar10-1", {"query": 50, "database": 3230, "train": 250}, 323),
+        # disjoint: database = round(0.05 * 5970) = 298 (not counting train)
+        ("cifar10", {"query": 50, "database": 2980, "train": 250}, 298),
+        # 50 query; database = train = round(0.05 * 5950) = 298
+        ("cifar10-2", {"query": 500, "database": 2980, "train": 2980}, 298),
+        # 50 query, 25 train; database = 25 + round(0.05 * 5925) = 321
+        ("cifar10-ii", {"query": 500, "database": 3210, "train": 250}, 321),
+    ],
+)
+def test_scale_shrinks_the_cifar_databases(protocol, counts, database_per_class):
+    s = make_split(protocol, CIFAR_LABELS, seed=0, scale=0.05)
+    assert s.counts() == counts
+    assert _per_class(s.database) == [database_per_class] * 10
+    full = make_split(protocol, CIFAR_LABELS, seed=0)
+    # the same seeded permutation per class, cut shorter: the queries are its first ones
+    assert np.isin(s.query, full.query).all()
+    assert np.isin(s.train, s.database).all() == (protocol != "cifar10")
+
+
+def test_scale_shrinks_the_nuswide_database():
+    rng = np.random.default_rng(1)
+    labels = (rng.random((6000, 4)) < 0.3).astype(np.uint8)
+    opts = {"train_per_concept": 200, "query_per_concept": 40}
+    full = make_split("nuswide21", labels, seed=2, **opts)
+    s = make_split("nuswide21", labels, seed=2, scale=0.1, **opts)
+    # the quotas scale (20 train / 4 query per concept, as placed by the rule) ...
+    order = np.random.default_rng(2).permutation(np.flatnonzero(labels.any(axis=1)))
+    q, db, tr = assign_nuswide(labels, order, 20, 4)
+    assert np.array_equal(s.query, q) and np.array_equal(s.train, tr)
+    # ... and the database keeps train plus the first 10% of the rest in the walk's order
+    rest = [i for i in order if i in set(db.tolist()) - set(tr.tolist())]
+    keep = max(1, round(0.1 * len(rest)))
+    assert s.database.tolist() == sorted(tr.tolist() + rest[:keep])
+    assert len(s.database) < 0.2 * len(full.database)
+
+
+def test_scale_shrinks_custom_fractions_and_all():
+    labels = np.repeat(np.arange(4), 50)
+    # defaults: query 0.1 of 200 → 10; database = all 190 left → 95; train = database
+    assert make_split("custom", labels, scale=0.5).counts() == {
+        "query": 10, "database": 95, "train": 95}
+    # train drawn from the (already halved) database: its fraction is not halved again
+    assert make_split("custom", labels, scale=0.5, query=0.2, train=0.5).counts() == {
+        "query": 20, "database": 90, "train": 45}
+    # disjoint: 5 query, 20 train, database = half of the 175 left → 88
+    s = make_split("custom", labels, scale=0.5, query=10, train=40, train_in_database=False)
+    assert s.counts() == {"query": 5, "database": 88, "train": 20}
+    s = make_split("custom", labels, scale=0.5, per_class=True, query=0.2, train=10)
+    assert _per_class(s.query, labels)[:4] == [5] * 4  # 0.2 × 50 × 0.5
+    assert _per_class(s.database, labels)[:4] == [22] * 4  # round(0.5 × 45)
+    assert _per_class(s.train, labels)[:4] == [5] * 4
+
+
+#: sha256 (first 16 hex digits) over each part's name and int64 indices, as made by the code
+#: before ``scale`` shrank the database: with scale 1.0 (or none) nothing may move
+_RAND = np.zeros((16000, 5), np.uint8)
+_RAND[np.arange(16000), np.arange(16000) % 5] = 1
+_SMALL = np.repeat(np.arange(4), 50)
+_GROUPS = {"a": np.arange(200) % 3 == 0, "b": np.arange(200) % 3 != 0}
+UNSCALED_DIGESTS = [
+    ("cifar10-1", CIFAR_LABELS, {}, "75883a7fbb9c1be5", "ed8b0c0d2feccbd4"),
+    ("cifar10", CIFAR_LABELS, {}, "657ea72ae3e765e4", "402a2651d5401788"),
+    ("cifar10-2", CIFAR_LABELS, {}, "b366611e6a3efdd2", "c1e3b2f17012c9b1"),
+    ("cifar10-ii", CIFAR_LABELS, {}, "8aa5c4ad049824b7", "53388c4722c1d250"),
+    ("cifar10-1", CIFAR_LABELS, {"val_size": 500}, "6193055abfbdda9b", "a88c434ef267cb32"),
+    ("coco", _RAND, {}, "e9f5fdc604ee002a", "59dbac5b45387cb3"),
+    ("flickr25k", _RAND, {"drop_unlabeled": True}, "9776d9c0efed43bb", "c798100b8a993c64"),
+    ("custom", _SMALL, {}, "79862c87db04c128", "0449b70be96eb580"),
+    ("custom", _SMALL, {"query": 0.25, "train": 0.5, "database": None},
+     "7503205cd23522ca", "4694a20e0cb61ac3"),
+    ("custom", _SMALL, {"query": 10, "train": 40, "train_in_database": False},
+     "d3ccc5abc34f21d1", "f0492cbb8514b419"),
+    ("custom", _SMALL, {"query": 10, "train": 0.5, "database": 0.8, "train_in_database": False},
+     "985f0f02e49fabdc", "a311fc701ca3a05f"),
+    ("custom", _SMALL, {"per_class": True, "query": 3, "train": 10},
+     "26f76ec69760bdc7", "e379c019667592f9"),
+    ("custom", _SMALL, {"per_class": True, "query": 0.1, "database": 0.5},
+     "ebbb34b69d38e0e3", "8bb346e275e18ce8"),
+    ("custom", _SMALL, {"query_group": "a", "query": None, "database_group": "b"},
+     "7cc1b7a5de76b495", "7cc1b7a5de76b495"),
+]
+
+
+def _digest(split) -> str:
+    h = hashlib.sha256()
+    for part, idx in split.parts().items():
+        h.update(part.encode())
+        h.update(np.asarray(idx, np.int64).tobytes())
+    return h.hexdigest()[:16]
+
+
+@pytest.mark.parametrize("protocol, labels, options, seed0, seed3", UNSCALED_DIGESTS,
+                         ids=[f"{c[0]}-{i}" for i, c in enumerate(UNSCALED_DIGESTS)])
+def test_scale_one_is_bit_identical_to_the_unscaled_split(protocol, labels, options, seed0,
+                                                          seed3):
+    groups = _GROUPS if "query_group" in options else None
+    for seed, want in ((0, seed0), (3, seed3)):
+        assert _digest(make_split(protocol, labels, seed=seed, groups=groups, **options)) == want
+        assert _digest(make_split(protocol, labels, seed=seed, groups=groups, scale=1.0,
+                                  **options)) == want
+
+
+def _cifar10_npz() -> Path | None:
+    for candidate in (os.environ.get("CONTRAHASH_CIFAR10"),
+                      ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.npz",
+                      Path("/work/shared/datasets/cifar10-jpeg.npz")):
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    return None
+
+
+def test_committed_cifar10_1_split_hashes_are_unchanged(tmp_path):
+    """The split behind results/cifar10-1 (its environment.json records the list hashes)."""
+    path = _cifar10_npz()
+    if path is None:
+        pytest.skip("the packed CIFAR-10 file is not here (CONTRAHASH_CIFAR10)")
+    with np.load(path, allow_pickle=False) as z:  # the labels alone: no decoding needed
+        labels = z["labels"].astype(np.int64)
+    env = json.loads((ROOT / "results" / "cifar10-1" / "environment.json").read_text())
+    recorded = {json.dumps(h, sort_keys=True) for h in env["split_hashes"].values()}
+    assert len(recorded) == 1
+    hashes = save_split(make_split("cifar10-1", labels, seed=0), tmp_path)
+    assert hashes == json.loads(recorded.pop())

@@ -22,10 +22,24 @@ label are left out of every part (they could never be relevant to anything). ``c
 ``drop_unlabeled=True``).
 
 Every index array is sorted ascending (dataset order), so the database order — which breaks
-Hamming-distance ties — is the dataset order. ``scale`` multiplies every preset count
-(``max(1, round(n * scale))``), for small test datasets. ``val_size`` (count or fraction)
-carves a validation set from the database (outside train when the protocol leaves database
-images outside train), with its own random stream: adding it never changes the other parts.
+Hamming-distance ties — is the dataset order. ``val_size`` (count or fraction) carves a
+validation set from the database (outside train when the protocol leaves database images
+outside train), with its own random stream: adding it never changes the other parts.
+
+``scale`` (for small and test runs) shrinks every part of every protocol, each count ``n``
+becoming ``max(1, round(n * scale))``:
+
+* query and train: the preset counts (per class / per concept / in total) are scaled;
+* the database: train (when train ⊂ database) plus ``scale`` × the images the protocol would
+  put in the database beyond train at that scale — the first of them in the protocol's own
+  seeded order, so no extra random draw is made (``cifar10-1`` on CIFAR-10 at 0.05: 50 query,
+  250 train, 3,230 database instead of 59,950);
+* ``custom``: counts are scaled; fractions and ``None`` ("all that is left") are scaled too,
+  except for train drawn from the database (already scaled) and ``train=None``
+  (train = database);
+* ``val_size`` is not scaled: it is carved out of the (scaled) database as given.
+
+``scale=1.0`` gives exactly the unscaled split (the same lists, the same random draws).
 """
 
 from __future__ import annotations
@@ -154,10 +168,12 @@ def _per_class_split(
     n_query: int,
     n_train: int | None,
     train_in_database: bool,
+    scale: float = 1.0,
 ):
     """Per class: a seeded permutation; the first ``n_query`` are queries, the next
     ``n_train`` train; the database is the rest (plus train when ``train_in_database``).
-    ``n_train=None`` means train = database."""
+    ``n_train=None`` means train = database. With ``scale``, the database keeps the first
+    ``_scaled(len(rest), scale)`` of the rest (all of it at 1.0: no extra draw)."""
     ids = _require_single_label(labels, protocol)
     need = n_query + (n_train or 0)
     query, database, train = [], [], []
@@ -172,10 +188,12 @@ def _per_class_split(
         perm = rng.permutation(members)
         query.append(perm[:n_query])
         if n_train is None:
-            database.append(perm[n_query:])
+            rest = perm[n_query:]
+            database.append(rest[: _scaled(len(rest), scale)])
             continue
         t = perm[n_query : n_query + n_train]
         rest = perm[n_query + n_train :]
+        rest = rest[: _scaled(len(rest), scale)]  # the permutation's order: a random subset
         train.append(t)
         database.append(np.concatenate([t, rest]) if train_in_database else rest)
     q, db = _sorted(np.concatenate(query)), _sorted(np.concatenate(database))
@@ -193,6 +211,7 @@ def _cifar_preset(n_query: int, n_train: int | None, train_in_database: bool):
             n_query=_scaled(n_query, scale),
             n_train=None if n_train is None else _scaled(n_train, scale),
             train_in_database=train_in_database,
+            scale=scale,
         )
 
     return split
@@ -257,8 +276,9 @@ def split_nuswide21(
 ):
     """NUS-WIDE-21: :func:`assign_nuswide` over a seeded permutation of the labelled images
     (``rng.permutation`` of their indices), 500 train / 100 query per concept (times
-    ``scale``). Images with no label are excluded from every part. Every quota must fill,
-    else :class:`DataError` names the concept.
+    ``scale``; the database images outside train keep ``scale`` of their number too, the
+    first in the walk's order). Images with no label are excluded from every part. Every quota
+    must fill, else :class:`DataError` names the concept.
     """
     labels = np.asarray(labels)
     n_train, n_query = _scaled(train_per_concept, scale), _scaled(query_per_concept, scale)
@@ -272,6 +292,9 @@ def split_nuswide21(
                 f"protocol '{protocol}': concept {_class_name(k, class_names)} fills only "
                 f"{want - int(left[k])} of its {want} {what} places (too few labelled images)"
             )
+    if scale != 1.0:  # the database outside train: the first of them in the walk's order
+        rest = order[np.isin(order, database) & ~np.isin(order, train)]
+        database = _sorted(np.concatenate([train, rest[: _scaled(len(rest), scale)]]))
     return query, database, train
 
 
@@ -287,7 +310,8 @@ def _random_preset(n_query: int, n_train: int):
                 f"the dataset has {len(pool)}"
             )
         perm = rng.permutation(pool)
-        return _sorted(perm[:q]), _sorted(perm[q:]), _sorted(perm[q : q + t])
+        n_db = t + _scaled(len(pool) - q - t, scale)  # train, then scale × the rest
+        return _sorted(perm[:q]), _sorted(perm[q : q + n_db]), _sorted(perm[q : q + t])
 
     return split
 
@@ -295,17 +319,20 @@ def _random_preset(n_query: int, n_train: int):
 # --- custom ---------------------------------------------------------------------------------
 
 
-def _resolve_count(value, available: int, scale: float, what: str) -> int:
+def _resolve_count(value, available: int, scale: float, what: str, *,
+                   scale_all: bool = False) -> int:
     """None → all; a float in (0, 1] → that fraction of ``available``; an int → that many
-    (times ``scale``), which must be available."""
+    (times ``scale``), which must be available. With ``scale_all`` "all" and fractions are
+    multiplied by ``scale`` too (a part drawn from a pool that did not shrink already)."""
+    factor = scale if scale_all else 1.0
     if value is None:
-        return available
+        return available if factor == 1.0 else _scaled(available, factor)
     if isinstance(value, float | np.floating):
         if not 0.0 < value <= 1.0:
             raise DataError(
                 f"{what}: a fraction must be in (0, 1], got {value} (give a count as an integer)"
             )
-        return int(round(float(value) * available))
+        return int(round(float(value) * available * factor))
     if isinstance(value, int | np.integer) and not isinstance(value, bool):
         if value < 0:
             raise DataError(f"{what} must be >= 0, got {value}")
@@ -335,13 +362,16 @@ def _class_map(value, class_names: list[str] | None, n_classes: int, what: str) 
     return out
 
 
-def _sample(pool, spec, rng, *, per_class, ids, class_names, n_classes, scale, what):
-    """Draw from ``pool`` (sorted indices) by a total or per-class spec; None keeps all."""
+def _sample(pool, spec, rng, *, per_class, ids, class_names, n_classes, scale, what,
+            scale_all=False):
+    """Draw from ``pool`` (sorted indices) by a total or per-class spec; None keeps all (or,
+    with ``scale_all`` and a scale other than 1, ``scale`` of all)."""
     pool = np.asarray(pool, dtype=np.int64)
-    if spec is None:
-        return pool
+    if spec is None and (not scale_all or scale == 1.0):
+        return pool  # no draw: a scale of 1 leaves the random stream where it was
     if not per_class:
-        n = _resolve_count(spec, len(pool), scale, f"custom protocol: {what}")
+        n = _resolve_count(spec, len(pool), scale, f"custom protocol: {what}",
+                           scale_all=scale_all)
         return _sorted(rng.permutation(pool)[:n])
     wanted = _class_map(spec, class_names, n_classes, what)
     picked = []
@@ -350,7 +380,7 @@ def _sample(pool, spec, rng, *, per_class, ids, class_names, n_classes, scale, w
         if c not in wanted:
             continue
         label = f"custom protocol: {what} of class {_class_name(c, class_names)}"
-        n = _resolve_count(wanted[c], len(members), scale, label)
+        n = _resolve_count(wanted[c], len(members), scale, label, scale_all=scale_all)
         picked.append(rng.permutation(members)[:n])
     return _sorted(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
 
@@ -376,7 +406,9 @@ def split_custom(
 ):
     """Sizes given as counts (scaled by ``scale``), fractions in (0, 1), or ``None`` (= all
     that is left); with ``per_class=True`` a count/fraction per class, or a dict
-    ``{class name or id: count}`` (single-label data only).
+    ``{class name or id: count}`` (single-label data only). ``scale`` multiplies every part:
+    counts, and fractions and ``None`` too, except where the pool is the (already scaled)
+    database — train drawn from it, or ``train=None`` (train = database).
 
     Query is drawn first (from ``query_group`` when given, e.g. ``"test"``); the database from
     the rest (restricted to ``database_group``); train from the database when
@@ -400,12 +432,14 @@ def split_custom(
     kw = dict(
         per_class=per_class, ids=ids, class_names=class_names, n_classes=n_classes, scale=scale
     )
-    q = _sample(in_group(pool, query_group, "query"), query, rng, what="query", **kw)
+    # scale_all: fractions and "all" of a pool that is not itself a scaled part shrink too
+    q = _sample(in_group(pool, query_group, "query"), query, rng, what="query",
+                scale_all=True, **kw)
     if len(q) == 0:
         raise DataError("custom protocol: the query set is empty")
     rest = in_group(np.setdiff1d(pool, q), database_group, "database")
     if train_in_database:
-        db = _sample(rest, database, rng, what="database", **kw)
+        db = _sample(rest, database, rng, what="database", scale_all=True, **kw)
         tr = (
             db.copy()
             if train is None
@@ -414,8 +448,10 @@ def split_custom(
     else:
         if train is None:
             raise DataError("custom protocol: train_in_database=False needs a train size")
-        tr = _sample(in_group(rest, train_group, "train"), train, rng, what="train", **kw)
-        db = _sample(np.setdiff1d(rest, tr), database, rng, what="database", **kw)
+        tr = _sample(in_group(rest, train_group, "train"), train, rng, what="train",
+                     scale_all=True, **kw)
+        db = _sample(np.setdiff1d(rest, tr), database, rng, what="database", scale_all=True,
+                     **kw)
     if len(db) == 0:
         raise DataError("custom protocol: the database is empty")
     return q, db, tr
@@ -534,7 +570,8 @@ def make_split(
     """Apply a protocol: ``dataset_or_labels`` is an :class:`ImageDataset`, class ids ``[N]``
     or multi-hot labels ``[N, C]``.
 
-    Options every protocol takes: ``scale`` (multiplies every preset count), ``val_size``
+    Options every protocol takes: ``scale`` (shrinks every part, the database included; see
+    the module docstring), ``val_size``
     (validation count, or fraction of its pool), ``class_names`` and ``num_classes`` (for plain
     label arrays). Others are protocol specific (``PROTOCOLS[name].options``); an unknown one
     is a :class:`DataError`. Same inputs and seed → same split.
@@ -542,7 +579,7 @@ def make_split(
     >>> labels = np.repeat(np.arange(10), 600)
     >>> s = make_split("cifar10-1", labels, seed=0, scale=0.1)
     >>> s.counts()
-    {'query': 100, 'database': 5900, 'train': 500}
+    {'query': 100, 'database': 1040, 'train': 500}
     """
     proto = get_protocol(protocol)
     options = dict(options)
