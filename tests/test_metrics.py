@@ -380,3 +380,60 @@ def test_numpy_path_does_not_need_torch_tensors():
     assert mean_average_precision(torch.from_numpy(q), torch.from_numpy(db), ql, dl, 10) == \
         mean_average_precision(q, db, ql, dl, 10)
     assert metrics._torch_device(None, torch.from_numpy(q)) is None
+
+
+# -- labels a user can get wrong --------------------------------------------------------------
+
+_ENTRY_POINTS = [
+    lambda q, db, ql, dl: mean_average_precision(q, db, ql, dl),
+    lambda q, db, ql, dl: precision_at_n(q, db, ql, dl, ns=(1,)),
+    lambda q, db, ql, dl: metrics.precision_at_n_curve(q, db, ql, dl),
+    lambda q, db, ql, dl: pr_curve(q, db, ql, dl),
+    lambda q, db, ql, dl: precision_within_radius(q, db, ql, dl),
+    lambda q, db, ql, dl: retrieval_report(q, db, ql, dl, topk=None),
+]
+_CODES = np.array([[1, -1, 1], [1, 1, -1], [-1, -1, 1], [-1, 1, 1]])
+
+
+@pytest.mark.parametrize("entry", _ENTRY_POINTS)
+def test_negative_class_ids_are_refused_naming_the_array(entry):
+    with pytest.raises(ValueError, match=r"^query_labels: class ids must be integers >= 0; "
+                                         r"found -2, -1 in 2 of 4 entries$"):
+        entry(_CODES, _CODES, [-1, 0, -2, 1], [0, 1, 0, 1])
+    with pytest.raises(ValueError, match=r"^db_labels: class ids .* found -7 in 1 of 4"):
+        entry(_CODES, _CODES, [0, 1, 0, 1], [0, -7, 0, 1])
+
+
+@pytest.mark.parametrize("entry", _ENTRY_POINTS)
+def test_mismatched_label_lengths_are_refused(entry):
+    with pytest.raises(ValueError, match=r"query_labels has 3 rows but query_codes has 4 codes"):
+        entry(_CODES, _CODES, [0, 1, 0], [0, 1, 0, 1])
+    with pytest.raises(ValueError, match=r"db_labels has 5 rows but db_codes has 4 codes"):
+        entry(_CODES, _CODES, [0, 1, 0, 1], [[1, 0]] * 5)
+
+
+def test_bad_label_values_are_shown_as_a_sample():
+    multi_bad = [[1, 0], [2, 0], [0, -1], [1, 1]]
+    with pytest.raises(ValueError, match=r"^query_labels: multi-hot labels must be 0/1; "
+                                         r"found -1, 2 in 2 of 8 entries$"):
+        mean_average_precision(_CODES, _CODES, multi_bad, [[1, 0]] * 4)
+    with pytest.raises(ValueError, match=r"found 0.5, nan in 2 of 4"):
+        mean_average_precision(_CODES, _CODES, [0.0, 0.5, np.nan, 1.0], [0, 1, 0, 1])
+    many = -np.arange(1, 9)  # eight distinct bad ids: five shown, the count of the rest
+    codes = np.tile(_CODES, (2, 1))
+    with pytest.raises(ValueError, match=r"found -8, -7, -6, -5, -4, … \(8 distinct\) in 8 of 8"):
+        mean_average_precision(codes, codes, many, np.zeros(8, int))
+    with pytest.raises(ValueError, match="integer or bool labels; got dtype <U"):
+        mean_average_precision(_CODES, _CODES, np.array(list("abab")), [0, 1, 0, 1])
+
+
+def test_valid_label_forms_still_agree():
+    ids = np.array([0, 1, 0, 1])
+    want = mean_average_precision(_CODES, _CODES, ids, ids)
+    assert want == ref_map(_CODES, _CODES, ids, ids, None)
+    assert mean_average_precision(_CODES, _CODES, ids.astype(float), ids.astype(float)) == want
+    assert mean_average_precision(_CODES, _CODES, ids.astype(bool), ids.astype(bool)) == want
+    hot = np.eye(2, dtype=np.uint8)[ids]
+    assert mean_average_precision(_CODES, _CODES, hot, hot) == want
+    assert mean_average_precision(_CODES, _CODES, hot.astype(bool), hot.astype(float)) == want
+    assert mean_average_precision(_CODES, _CODES, torch.tensor(ids), torch.tensor(ids)) == want

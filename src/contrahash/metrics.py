@@ -3,9 +3,11 @@
 Conventions (``docs/methods.md``, "Evaluation conventions"):
 
 * Codes are ``[n, k]`` arrays of ±1, {0,1} or bool (numpy or torch).
-* Labels are integer class ids ``[n]`` or multi-hot ``[n, C]`` (any int/bool dtype; a 2-D
-  array is always read as multi-hot). A database item is relevant to a query when they share
-  at least one label.
+* Labels are integer class ids >= 0 ``[n]`` or 0/1 multi-hot ``[n, C]`` (any int/bool
+  dtype, or floats holding such values; a 2-D array is always read as multi-hot), one row per
+  code; anything else (a negative id, a 2 in a multi-hot row, a length that does not match
+  the codes) is a ``ValueError`` naming the array. A database item is relevant to a query
+  when they share at least one label.
 * The database is ranked by Hamming distance; **ties are broken by database order** (a stable
   sort), on every backend. Field code breaks ties arbitrarily, which moves mAP by points at
   short code lengths; :func:`mean_average_precision` can also report the best and worst
@@ -21,6 +23,7 @@ and reduce them with the same float64 numpy code, so their results are identical
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -45,6 +48,7 @@ __all__ = [
     "hamming_distances",
     "mean_average_precision",
     "pr_curve",
+    "pr_curve_points",
     "precision_at_n",
     "precision_at_n_curve",
     "precision_within_radius",
@@ -98,15 +102,9 @@ class _Labels:
 
     def __init__(self, query_labels: Any, db_labels: Any, n_query: int, n_db: int) -> None:
         ql, dl = to_numpy(query_labels), to_numpy(db_labels)
-        for name, a, n in (("query_labels", ql, n_query), ("db_labels", dl, n_db)):
-            if a.ndim not in (1, 2) or a.shape[0] != n:
-                raise ValueError(
-                    f"{name} must be class ids [{n}] or multi-hot [{n}, C] matching the codes; "
-                    f"got shape {a.shape}"
-                )
-            if not (a.dtype == np.bool_ or np.issubdtype(a.dtype, np.integer)
-                    or (np.issubdtype(a.dtype, np.floating) and np.all(np.mod(a, 1) == 0))):
-                raise ValueError(f"{name} must be integer or bool labels; got dtype {a.dtype}")
+        for name, a, n, codes in (("query_labels", ql, n_query, "query_codes"),
+                                  ("db_labels", dl, n_db, "db_codes")):
+            _check_labels(name, a, n, codes)
         if ql.ndim != dl.ndim:
             raise ValueError(
                 f"query_labels are {'class ids' if ql.ndim == 1 else 'multi-hot'} but db_labels "
@@ -121,9 +119,6 @@ class _Labels:
                 raise ValueError(
                     f"query_labels have {ql.shape[1]} classes but db_labels have {dl.shape[1]}"
                 )
-            for name, a in (("query_labels", ql), ("db_labels", dl)):
-                if a.dtype != np.bool_ and not np.all((a == 0) | (a == 1)):
-                    raise ValueError(f"{name}: multi-hot labels must be 0/1")
             self.kind = "multi"
             self.q = _pack_rows(ql.astype(bool))
             self.db = _pack_rows(dl.astype(bool))
@@ -150,6 +145,33 @@ class _Labels:
         q = torch.from_numpy(self.q.view(np.int64) if self.kind == "multi" else self.q)
         db = torch.from_numpy(self.db.view(np.int64) if self.kind == "multi" else self.db)
         return q.to(device), db.to(device)
+
+
+def _check_labels(name: str, a: np.ndarray, n: int, codes: str) -> None:
+    """Labels are class ids >= 0 ``[n]`` or 0/1 multi-hot ``[n, C]``, one row per code;
+    a ``ValueError`` names the array and shows a sample of the bad values."""
+    if a.ndim not in (1, 2):
+        raise ValueError(f"{name} must be class ids [n] or multi-hot [n, C]; got shape {a.shape}")
+    if a.shape[0] != n:
+        raise ValueError(f"{name} has {a.shape[0]} rows but {codes} has {n} codes; give one "
+                         "label (row) per code, in the same order")
+    if a.dtype == np.bool_:
+        return
+    if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+        raise ValueError(f"{name} must be integer or bool labels; got dtype {a.dtype}")
+    if a.ndim == 1:
+        with np.errstate(invalid="ignore"):
+            bad = ~((a >= 0) & (np.mod(a, 1) == 0)) if a.dtype.kind == "f" else a < 0
+        rule = "class ids must be integers >= 0"
+    else:
+        bad = (a != 0) & (a != 1)
+        rule = "multi-hot labels must be 0/1"
+    if np.any(bad):
+        values = np.unique(a[bad])  # nan sorts last
+        sample = ", ".join(f"{v:g}" if a.dtype.kind == "f" else str(v) for v in values[:5])
+        more = f", … ({len(values)} distinct)" if len(values) > 5 else ""
+        raise ValueError(f"{name}: {rule}; found {sample}{more} in {int(np.sum(bad))} of "
+                         f"{a.size} entries")
 
 
 def _pack_rows(bits: np.ndarray) -> np.ndarray:
@@ -439,12 +461,36 @@ def pr_curve(
     * recall[r]: mean over the queries with at least one relevant database item of (relevant
       in ball / relevant in database); queries with none are left out at every radius.
 
-    Returns arrays ``radius``, ``precision``, ``recall``, ``coverage`` (length k + 1).
+    Returns arrays ``radius``, ``precision``, ``recall``, ``coverage`` (length k + 1). To draw
+    the curve use :func:`pr_curve_points`, which leaves out the radii where nothing relevant
+    was retrieved (recall 0).
     """
     engine = _Engine(query_codes, db_codes, query_labels, db_labels, device, chunk_size)
     out = _ball_precision_recall(*engine.histograms())
     out.pop("ball_precision_per_query")
     return out
+
+
+def pr_curve_points(curve: Mapping[str, Sequence[float]]) -> tuple[list[float], list[float]]:
+    """The ``(recall, precision)`` points of a :func:`pr_curve` (or a report's ``pr_curve``)
+    worth drawing: radii where some query retrieved a relevant item.
+
+    At the small radii of long codes no query's ball holds anything, and :func:`pr_curve`
+    reports precision 0 and recall 0 there (and ``coverage`` 0); drawn, those points make the
+    curve drop to (0, 0) along the precision axis. Recall 0 means no relevant item was
+    retrieved by any query, so precision is 0 or undefined there: such radii are left out, as
+    are radii with ``coverage`` 0 when the curve records it.
+    """
+    recall = [float(x) for x in curve.get("recall", [])]
+    precision = [float(x) for x in curve.get("precision", [])]
+    if len(recall) != len(precision):
+        raise ValueError(f"pr curve: {len(recall)} recall values but {len(precision)} "
+                         "precision values")
+    coverage = curve.get("coverage")
+    covered = ([float(c) > 0 for c in coverage] if coverage is not None
+               and len(coverage) == len(recall) else [True] * len(recall))
+    keep = [i for i, r in enumerate(recall) if r > 0 and covered[i]]
+    return [recall[i] for i in keep], [precision[i] for i in keep]
 
 
 def precision_within_radius(
