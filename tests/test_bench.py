@@ -399,3 +399,137 @@ def test_eval_batch_size_does_not_block_resume(tmp_path):
     for cell in again:
         bench.check_same_config(cell)  # no GridError: batching does not define a run
     assert cells[0].config.eval_batch_size is None
+
+
+# ----------------------------------------------------------------------------- plots, drawn
+def _synthetic_outcomes(labels_n: int = 10, bits: int = 64) -> list:
+    """Rows of a small synthetic grid whose PR curves have empty Hamming balls at small radii
+    (long codes, noisy copies of class centres): real metrics, made-up methods."""
+    import numpy as np
+
+    from contrahash.bench.grid import Cell, CellOutcome
+    from contrahash.config import TrainConfig
+    from contrahash.metrics import bit_statistics, retrieval_report
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 5, 300)
+    centres = rng.choice([-1, 1], size=(5, bits))
+    outcomes = []
+    for i in range(labels_n):
+        flip = rng.random((300, bits)) < 0.05 + 0.04 * i
+        codes = np.where(flip, -centres[labels], centres[labels])
+        rep = retrieval_report(codes[:50], codes[50:], labels[:50], labels[50:], topk=None,
+                               ns=(100,))
+        rep["bit_balance"] = bit_statistics(codes[50:])
+        cell = Cell(f"row{i}", 0, TrainConfig(), Path("unused"))
+        outcomes.append(CellOutcome(cell, "done", {"bits": {str(bits): rep}}))
+    return outcomes
+
+
+def test_pr_plot_has_no_drop_to_the_origin(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from contrahash.bench import plots
+
+    outcomes = _synthetic_outcomes()
+    raw = outcomes[-1].results["bits"]["64"]["pr_curve"]
+    # the data do have radii with nothing retrieved: precision 0 at recall 0
+    assert raw["recall"][:3] == [0.0] * 3 and raw["precision"][:3] == [0.0] * 3
+    assert raw["coverage"][0] == 0.0
+    reports = plots._first_seed_reports(outcomes)
+    fig = plots._curve_figure("pr", 64, reports)
+    lines = fig.axes[0].get_lines()
+    assert len(lines) == 10
+    for line in lines:
+        assert len(line.get_xdata()) > 3
+        assert min(line.get_xdata()) > 0  # no point at recall 0, so no drop to (0, 0)
+    # what is drawn is exactly the radii with recall > 0, in radius order
+    keep = [i for i, r in enumerate(raw["recall"]) if r > 0]
+    assert list(lines[-1].get_xdata()) == [raw["recall"][i] for i in keep]
+    assert list(lines[-1].get_ydata()) == [raw["precision"][i] for i in keep]
+    matplotlib.pyplot.close(fig)
+
+
+def test_pr_curve_points_without_coverage_drop_recall_zero():
+    from contrahash.metrics import pr_curve_points
+
+    curve = {"recall": [0.0, 0.0, 0.1, 0.6, 1.0], "precision": [0.0, 0.0, 0.9, 0.5, 0.1]}
+    assert pr_curve_points(curve) == ([0.1, 0.6, 1.0], [0.9, 0.5, 0.1])
+    curve["coverage"] = [0.0, 0.2, 0.0, 1.0, 1.0]  # a radius with coverage 0 is dropped too
+    assert pr_curve_points(curve) == ([0.6, 1.0], [0.5, 0.1])
+    with pytest.raises(ValueError, match="2 recall values but 1 precision"):
+        pr_curve_points({"recall": [0.1, 1.0], "precision": [0.5]})
+
+
+@pytest.mark.parametrize("kind", ["pr", "pn", "balance"])
+def test_legends_sit_outside_the_axes(kind):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from contrahash.bench import plots
+
+    reports = plots._first_seed_reports(_synthetic_outcomes())
+    if kind == "balance":
+        fig = plots._balance_figure(64, {lab: plots._ones_fraction(r["64"])
+                                         for lab, r in reports.items()})
+    else:
+        fig = plots._curve_figure(kind, 64, reports)
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    legend = ax.get_legend()
+    assert len(legend.get_texts()) == 10
+    box, axes_box = legend.get_window_extent(), ax.get_window_extent()
+    assert box.x0 >= axes_box.x1  # entirely right of the axes: it hides no data
+    matplotlib.pyplot.close(fig)
+
+
+def test_saved_plots_keep_the_outside_legend(tmp_path):
+    import struct
+
+    from contrahash.bench import plots
+
+    written = plots.write_plots(tmp_path, _synthetic_outcomes(labels_n=3))
+    assert [p.name for p in written] == ["pr_64.png", "pn_64.png", "bit_balance.png"]
+    for path in written[:2]:
+        width = struct.unpack(">I", path.read_bytes()[16:20])[0]  # PNG IHDR width
+        assert width > 5 * 120  # wider than the 5-inch axes figure: the legend is kept
+
+
+# ----------------------------------------------------------------------------- description
+DESCRIBED = {**GRID, "description": "Full settings: 224 px, 8 augmented views."}
+
+
+def _markdown(tmp_path, **kwargs) -> str:
+    grid = parse_grid(DESCRIBED, source="grid.yaml")
+    report = run_grid(grid, tmp_path / "out", train_fn=FakeTrain(), plots=False,
+                      log=lambda m: None, **kwargs)
+    return report.markdown
+
+
+def test_full_grid_report_shows_the_description_as_is(tmp_path):
+    md = _markdown(tmp_path)
+    assert "\nFull settings: 224 px, 8 augmented views.\n" in md
+    assert "Full-grid description" not in md
+    # overrides that only place or batch a run change nothing the description says
+    md = _markdown(tmp_path / "b", overrides=["eval_batch_size=32"])
+    assert "\nFull settings: 224 px" in md and "Full-grid description" not in md
+
+
+def test_quick_report_says_the_description_is_the_full_grids(tmp_path):
+    md = _markdown(tmp_path, quick=True)
+    line = next(x for x in md.splitlines() if "224 px" in x)
+    assert line.startswith("*Full-grid description; this run used the --quick preset "
+                           "(optim.epochs=2, backbone.image_size=16)")
+    assert line.endswith("are what ran:* Full settings: 224 px, 8 augmented views.")
+    assert "resolution: 16" in md  # the settings list says what ran
+
+
+def test_overridden_report_says_the_description_is_the_full_grids(tmp_path):
+    md = _markdown(tmp_path, overrides=["cache.views=2", "eval_batch_size=8"])
+    line = next(x for x in md.splitlines() if "224 px" in x)
+    assert "this run used the overrides `cache.views=2`, so" in line
+    md = _markdown(tmp_path / "q", quick=True, overrides=["cache.views=2"])
+    line = next(x for x in md.splitlines() if "224 px" in x)
+    assert "the --quick preset (optim.epochs=2, backbone.image_size=16) and the overrides " \
+           "`cache.views=2`" in line

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from contrahash.bench.grid import CellOutcome, Grid
-from contrahash.config import TrainConfig
+from contrahash.bench.grid import LOCATION_KEYS, CellOutcome, Grid
+from contrahash.config import ConfigError, TrainConfig, parse_override
 from contrahash.io import sha256_file, write_json, write_text
 from contrahash.rundir import RunDirectory
 
@@ -290,8 +290,7 @@ def render_markdown(outcomes: Sequence[CellOutcome], summary: Mapping[str, Any],
     devices = _unique(o.measure.get("device") for o in outcomes if o.measure.get("device"))
     quick = bool(context.get("quick"))
     lines = [f"# Benchmark: {grid.name}{' (--quick)' if quick else ''}", ""]
-    if grid.description:
-        lines += [grid.description, ""]
+    lines += _description(grid, quick, context.get("overrides") or ())
     lines += [
         f"- dataset: `{_describe(c.data.source for c in cfgs)}`, protocol "
         f"`{_describe(protocols)}` (data seed {_describe(c.data.seed for c in cfgs)})",
@@ -334,6 +333,37 @@ def render_markdown(outcomes: Sequence[CellOutcome], summary: Mapping[str, Any],
         lines += [f"- `{o.cell.id}`: {o.status}: {o.error}" for o in failed]
         lines.append("")
     return "\n".join(lines)
+
+
+def _setting_overrides(overrides: Sequence[str]) -> list[str]:
+    """The ``key=value`` overrides that change what a cell computes (not where it writes or
+    how it batches: :data:`~contrahash.bench.grid.LOCATION_KEYS`)."""
+    out = []
+    for text in overrides:
+        try:
+            keys, _ = parse_override(text)
+        except ConfigError:
+            keys = []
+        if ".".join(keys) not in LOCATION_KEYS:
+            out.append(text)
+    return out
+
+
+def _description(grid: Grid, quick: bool, overrides: Sequence[str]) -> list[str]:
+    """The grid file's description, said to be the full grid's when --quick or overrides
+    changed the settings it describes (the header list then says what ran)."""
+    if not grid.description:
+        return []
+    changes = []
+    if quick and grid.quick:
+        changes.append(f"the --quick preset ({_quick_text(grid)})")
+    changed = _setting_overrides(overrides)
+    if changed:
+        changes.append(f"the overrides `{' '.join(changed)}`")
+    if not changes:
+        return [grid.description, ""]
+    return [f"*Full-grid description; this run used {' and '.join(changes)}, so where they "
+            f"differ the settings listed below are what ran:* {grid.description}", ""]
 
 
 def _quick_text(grid: Grid) -> str:
