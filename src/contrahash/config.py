@@ -79,10 +79,13 @@ class BackboneConfig:
 
 @dataclass
 class CacheConfig:
-    """Frozen-backbone feature cache (what makes CPU training practical)."""
+    """What is computed once and cached (what makes CPU training practical)."""
 
-    #: "auto" = use it when the backbone is frozen (for token-grid methods such as WCH: when
-    #: the token cache fits in ``max_token_gib``)
+    #: "auto": the backbone's features when it is frozen (for token-grid methods such as WCH:
+    #: when the token cache fits in ``max_token_gib``), end to end when it is fine-tuned;
+    #: "on": the feature cache, or an error when the backbone is fine-tuned; "off": end to
+    #: end; "blocks": fine-tune the last ``backbone.finetune_blocks`` blocks from cached
+    #: inputs of those blocks (``views`` augmented views per training image)
     mode: str = "auto"
     #: augmented views per training image computed once
     views: int = 8
