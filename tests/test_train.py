@@ -299,14 +299,14 @@ def test_resume_of_a_finished_run_recomputes_nothing(tmp_path):
 
 
 def test_resume_can_train_longer_and_refuses_other_changes(tmp_path):
-    cfg = _cfg(tmp_path, "method=cibhash", "optim.epochs=1")
+    cfg = _cfg(tmp_path, "method=cibhash", "optim.epochs=2")
     train_run(cfg, tmp_path / "run")
     with pytest.raises(ValueError, match="'bits' cannot change"):
         train_run(None, tmp_path / "run", resume=True, resume_overrides=["bits=[8]"])
-    with pytest.raises(ValueError, match="fewer than the 1 epochs"):
-        train_run(None, tmp_path / "run", resume=True, resume_overrides=["optim.epochs=0"])
+    with pytest.raises(ValueError, match="fewer than the 2 epochs"):
+        train_run(None, tmp_path / "run", resume=True, resume_overrides=["optim.epochs=1"])
     longer = train_run(None, tmp_path / "run", resume=True, resume_overrides=["optim.epochs=3"])
-    assert not longer.reused and [r["epoch"] for r in longer.epochs] == [2, 3]
+    assert not longer.reused and [r["epoch"] for r in longer.epochs] == [3]
     assert longer.results["optim"]["epochs"] == 3
     run = RunDirectory(tmp_path / "run")
     assert run.events("config_change")[0]["overrides"] == ["optim.epochs=3"]

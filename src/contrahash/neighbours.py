@@ -107,7 +107,8 @@ class NeighbourMining:
                  path: str | os.PathLike, *, device: torch.device | str = "cpu",
                  labels: np.ndarray | None = None,
                  log_event: Callable[..., None] | None = None,
-                 progress: Progress | ProgressCallback | None = None) -> None:
+                 progress: Progress | ProgressCallback | None = None,
+                 write: bool = True) -> None:
         self.spec = spec
         self.train = np.asarray(train)
         self.pool = self.train if spec.pool == "train" else np.asarray(database)
@@ -116,6 +117,7 @@ class NeighbourMining:
         self.labels = labels
         self.log_event = log_event or (lambda event, **fields: None)
         self.progress = as_progress(progress)
+        self.write = write  # False in processes that only read (ranks other than 0)
 
     def refresh_due(self, epoch: int) -> bool:
         """Whether neighbours are re-mined before training ``epoch`` (0-based)."""
@@ -142,7 +144,9 @@ class NeighbourMining:
         found = mine_neighbours(anchors, candidates, self.spec.k, self_index,
                                 device=self.device, progress=self.progress)
         mined = MinedNeighbours(self.pool[found], self.pool, epoch)
-        write_npz(self.path, neighbours=mined.neighbours, pool=mined.pool, epoch=np.array(epoch))
+        if self.write:
+            write_npz(self.path, neighbours=mined.neighbours, pool=mined.pool,
+                      epoch=np.array(epoch))
         fields = {"pool": self.spec.pool, "k": self.spec.k, "pool_size": len(self.pool),
                   "epoch": epoch}
         if self.labels is not None:

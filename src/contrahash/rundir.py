@@ -55,8 +55,11 @@ class RunStateError(RuntimeError):
 class RunDirectory:
     """Files of one run (see the module docstring for the layout)."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, writer: bool = True) -> None:
         self.path = Path(path)
+        #: False in the processes of a distributed run other than rank 0: they read, only
+        #: rank 0 writes
+        self.writer = writer
         self._created: list[Path] = []
         self._made_dir = False
 
@@ -92,6 +95,8 @@ class RunDirectory:
                 f"{self.path} already holds a run; pass --resume to continue it or choose "
                 "another name=/out_dir= (nothing was overwritten)"
             )
+        if not self.writer:
+            return
         self._made_dir = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
         self._write("config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
@@ -128,17 +133,19 @@ class RunDirectory:
                 if int(new.optim.get("epochs", 0)) < done:
                     raise ValueError(f"--resume: optim.epochs={new.optim.get('epochs')} is fewer "
                                      f"than the {done} epochs already trained")
-            write_text(self.path / "config.yaml", yaml.safe_dump(config_to_dict(new),
-                                                                  sort_keys=False))
+            if self.writer:
+                write_text(self.path / "config.yaml", yaml.safe_dump(config_to_dict(new),
+                                                                      sort_keys=False))
             self.log_event("config_change", overrides=changes)
             cfg = new
-        write_text(self.path / "command_resume.txt", _command_line(command) + "\n")
+        if self.writer:
+            write_text(self.path / "command_resume.txt", _command_line(command) + "\n")
         return cfg
 
     def abandon(self) -> None:
         """Undo a failed start of a new run: remove what :meth:`create` and the set-up wrote
         (the whole directory when this run created it), so nothing is left behind."""
-        if self.state() != "new":
+        if self.state() != "new" or not self.writer:
             return
         if self._made_dir:
             shutil.rmtree(self.path, ignore_errors=True)
@@ -163,7 +170,8 @@ class RunDirectory:
     def write_environment(self, env: dict[str, Any], resumed: bool = False) -> None:
         """environment.json (a resume keeps the original and writes environment_resume.json)."""
         name = "environment_resume.json" if resumed else "environment.json"
-        write_json(self.track(name), env)
+        if self.writer:
+            write_json(self.track(name), env)
 
     def read_json(self, name: str) -> dict[str, Any]:
         """A JSON file of the run, or {} when absent or unreadable."""
@@ -174,7 +182,9 @@ class RunDirectory:
 
     def log_event(self, event: str, **fields: Any) -> None:
         """Append an event (start, neighbours, resume, finished) to events.jsonl."""
-        append_jsonl(self.track("events.jsonl"), {"event": event, "time": time.time(), **fields})
+        if self.writer:
+            append_jsonl(self.track("events.jsonl"),
+                         {"event": event, "time": time.time(), **fields})
 
     def events(self, kind: str | None = None) -> list[dict[str, Any]]:
         """Readable records of events.jsonl (of one kind when given), in order."""
@@ -193,7 +203,8 @@ class RunDirectory:
 
     def log_epoch(self, record: dict[str, Any]) -> None:
         """Append one epoch's metrics to metrics.jsonl."""
-        append_jsonl(self.track("metrics.jsonl"), record)
+        if self.writer:
+            append_jsonl(self.track("metrics.jsonl"), record)
 
     def epoch_records(self) -> list[dict[str, Any]]:
         """metrics.jsonl, the last record of each epoch (a resume may repeat an epoch)."""
@@ -213,6 +224,8 @@ class RunDirectory:
                         epoch: int) -> None:
         """Weights, then the optimiser/RNG state naming the epoch: a crash between leaves
         the older epoch number, and a resume re-runs that epoch from its own seed."""
+        if not self.writer:
+            return
         save_safetensors(self.path / CHECKPOINT, weights, {"epoch": str(epoch)})
         atomic_write(self.path / CHECKPOINT_STATE, lambda f: torch.save({**state, "epoch": epoch}, f))
 
@@ -235,7 +248,8 @@ class RunDirectory:
 
     def save_model(self, weights: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
         """The final weights (model.safetensors)."""
-        save_safetensors(self.path / MODEL, weights, metadata)
+        if self.writer:
+            save_safetensors(self.path / MODEL, weights, metadata)
 
     def load_model(self, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
         """The final weights; a clear error when the run did not finish."""
@@ -247,7 +261,8 @@ class RunDirectory:
     # -- outputs -------------------------------------------------------------------------
     def write_codes(self, bits: int, **arrays: np.ndarray) -> Path:
         """codes/<bits>.npz."""
-        return write_npz(self.path / "codes" / f"{bits}.npz", **arrays)
+        path = self.path / "codes" / f"{bits}.npz"
+        return write_npz(path, **arrays) if self.writer else path
 
     def code_files(self) -> list[Path]:
         """codes/<bits>.npz files, shortest code first."""
@@ -255,7 +270,8 @@ class RunDirectory:
 
     def write_results(self, results: dict[str, Any]) -> None:
         """results.json, and a "finished" event with the headline numbers."""
-        write_json(self.path / RESULTS, results)
+        if self.writer:
+            write_json(self.path / RESULTS, results)
         self.log_event("finished", **{f"map@{results.get('topk')}_{k}": v.get("map")
                                       for k, v in results.get("bits", {}).items()})
 

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from contrahash.config import TrainConfig, expand_source
+from contrahash.distributed import BatchGroup, context
 from contrahash.features import FeatureCache
 from contrahash.methods.base import HashMethod, OptimSpec, StepInfo
 from contrahash.model import HashingModel, build_model, select_device
@@ -138,10 +139,14 @@ def run_epoch(
     method.train()
     for module in epoch.trainables:
         module.train()
+    group = info.group
+    params = [p for g in optimizer.param_groups for p in g["params"]]
     sums: dict[str, torch.Tensor | float] = {}
     first_bad: torch.Tensor | None = None
     steps = 0
     for step, (batch, positions) in enumerate(epoch.batches):
+        if group is not None:  # every process drew the global batch: take this one's rows
+            batch, positions = [group.shard(v) for v in batch], group.shard(positions)
         info.step = step
         info.positions = positions
         inputs = epoch.forward(batch) if epoch.forward is not None else batch
@@ -149,6 +154,8 @@ def run_epoch(
         loss = out.loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if group is not None:  # the shares' gradients sum to the global loss's gradient
+            group.sum_grads(params)
         optimizer.step()
         steps += 1
         value = loss.detach()
@@ -159,8 +166,13 @@ def run_epoch(
         for key, part in out.parts.items():
             sums[key] = sums.get(key, 0.0) + part
         if on_step is not None:
-            on_step(len(positions))
+            on_step(len(positions) * (group.world_size if group is not None else 1))
     info.positions = None
+    if group is not None and sums:  # the processes' shares of every logged value, summed
+        keys = list(sums)
+        sums = dict(zip(keys, group.sum_values([torch.as_tensor(sums[k]) for k in keys]),
+                        strict=True))
+        first_bad = group.first_step(first_bad)
     if first_bad is not None and int(first_bad) >= 0:
         raise TrainingError(
             f"non-finite loss at epoch {info.epoch + 1}, step {int(first_bad) + 1}; "
@@ -186,6 +198,7 @@ def train_epochs(
     before_epoch: Callable[[int], None] | None = None,
     after_epoch: Callable[[dict[str, Any]], bool] | None = None,
     progress: Progress | ProgressCallback | None = None,
+    group: Any = None,
 ) -> list[dict[str, Any]]:
     """The one epoch loop: epochs ``start_epoch … spec.epochs - 1`` of :func:`run_epoch`.
 
@@ -203,7 +216,8 @@ def train_epochs(
         lr = set_epoch_lr(optimizer, spec, epoch, spec.epochs)
         torch.manual_seed(epoch_seed(seed, epoch))  # dropout and other in-loss draws
         generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
-        info = StepInfo(epoch=epoch, epochs=spec.epochs, steps_per_epoch=steps_per_epoch)
+        info = StepInfo(epoch=epoch, epochs=spec.epochs, steps_per_epoch=steps_per_epoch,
+                        group=group)
         batches = epochs_for(epoch, generator)
         seen = [0]
         with progress.phase("training", images_per_epoch, epoch=epoch + 1,
@@ -328,6 +342,7 @@ class Trainer:
         self.resume_overrides = list(resume_overrides)
         self.allow_thread_change = allow_thread_change
         self.completed_epochs = 0
+        self.ctx = context()
 
     # -- set-up ------------------------------------------------------------------------
     def setup(self) -> None:
@@ -350,14 +365,23 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = True
         else:
             tune_cpu_allocator()
-        with self.progress.phase("data loading", None, unit="source", source=cfg.data.source):
-            self.dataset = load_source(expand_source(cfg.data.source),
-                                       image_root=cfg.data.image_root,
-                                       cache_dir=cfg.data.cache_dir)
-        self.run.track("split")
-        self.split = split_for_run(self.run.path, cfg.data.protocol, self.dataset,
-                                   seed=cfg.data.seed, **cfg.data.protocol_options)
+
+        def data_and_split() -> tuple[Any, Any]:
+            with self.progress.phase("data loading", None, unit="source",
+                                     source=cfg.data.source):
+                dataset = load_source(expand_source(cfg.data.source),
+                                      image_root=cfg.data.image_root,
+                                      cache_dir=cfg.data.cache_dir)
+            self.run.track("split")
+            split = split_for_run(self.run.path, cfg.data.protocol, dataset,
+                                  seed=cfg.data.seed, **cfg.data.protocol_options)
+            return dataset, split
+
+        # rank 0 first: it may fill the decoded-image cache and writes the split lists
+        self.dataset, self.split = self._main_first(data_and_split)
         self.model: HashingModel = build_model(cfg, self.device)
+        if self.ctx.world_size > 1:
+            self.model.method.check_distributed()
         self.provider: FeatureProvider = make_provider(
             self.model, self.dataset, self.split, cfg,
             self.shared_cache or FeatureCache(cfg.cache.dir), self.progress)
@@ -365,20 +389,53 @@ class Trainer:
         env.update(dataset=self.dataset.name, dataset_fingerprint=self.dataset.fingerprint,
                    images=len(self.dataset.images), skipped_files=self.dataset.n_skipped,
                    skipped_examples=[list(s) for s in self.dataset.skipped[:20]],
-                   split_hashes=self.run.split_hashes())
+                   split_hashes=self.run.split_hashes(), world_size=self.ctx.world_size)
+        if self.resume:
+            self._check_world_size()
         self.run.write_environment(env, resumed=self.resume)
+
+    def _main_first(self, work: Callable[[], Any]) -> Any:
+        """``work()`` on rank 0, then on the other processes (what it writes, they read)."""
+        if self.ctx.is_main:
+            out = work()
+            self.ctx.barrier()
+            return out
+        self.ctx.barrier()
+        return work()
+
+    def _check_world_size(self) -> None:
+        import warnings
+
+        before = self.run.read_json("environment.json").get("world_size", 1)
+        if before != self.ctx.world_size:
+            self.run.log_event("world_size_change", recorded=before, now=self.ctx.world_size)
+            warnings.warn(f"{self.run.path} trained with {before} process(es) and resumes with "
+                          f"{self.ctx.world_size}: it continues, but the result is not "
+                          "bit-identical to an uninterrupted run (float sums in another order)",
+                          stacklevel=2)
 
     # -- orchestration -------------------------------------------------------------------
     def fit(self, stop_after_epoch: int | None = None) -> RunResult:
         """Set up, train (or fit), save the model, evaluate, write results.json — holding the
         run directory's lock; a new run that fails before its first checkpoint leaves nothing
         behind."""
+        from contextlib import nullcontext
+
+        from contrahash.config import resolve_config
+        from contrahash.distributed import init_from_env
         from contrahash.locks import DirectoryLock
 
         if self.resume and not self.run.path.is_dir():
             raise FileNotFoundError(f"--resume: {self.run.path} does not exist")
-        lock = DirectoryLock(self.run.path, what="run", command=self.command,
-                             hint="choose another --run-dir / name=")
+        if self.resume and not self.run.is_run():
+            raise FileNotFoundError(
+                f"--resume: {self.run.path} holds no config.yaml (not a run directory)")
+        cfg = self.cfg if not self.resume else resolve_config(self.run.path / "config.yaml")
+        self.ctx = init_from_env(select_device(cfg.device))
+        self.run.writer = self.ctx.is_main  # one writer: rank 0
+        lock = (DirectoryLock(self.run.path, what="run", command=self.command,
+                              hint="choose another --run-dir / name=")
+                if self.ctx.is_main else nullcontext())
         with lock:
             try:
                 return self._fit(stop_after_epoch)
@@ -407,20 +464,27 @@ class Trainer:
         method_config = asdict(method.config)
         # every hyper-parameter in effect, defaults included: config.yaml holds only what was set
         self.run.log_event("start", optim=spec.__dict__, method_config=method_config,
-                           device=str(self.device), provider=type(self.provider).__name__)
+                           device=str(self.device), provider=type(self.provider).__name__,
+                           world_size=self.ctx.world_size)
         t0 = time.perf_counter()
         logs: list[dict[str, Any]] = []
+        if not method.trainable or method.needs_fit:
+            train_features = self._main_first(
+                lambda: self.provider.clean_features(self.split.train))
         if not method.trainable:
-            method.fit(torch.as_tensor(self.provider.clean_features(self.split.train)).float())
+            method.fit(torch.as_tensor(train_features).float())
         else:
             if method.needs_fit:
-                method.fit(torch.as_tensor(self.provider.clean_features(self.split.train))
-                           .float().to(self.device))
+                method.fit(torch.as_tensor(train_features).float().to(self.device))
             logs = self._train(spec, stop_after_epoch)
             if stop_after_epoch is not None and self.completed_epochs < spec.epochs:
+                self.ctx.barrier()
                 return RunResult(self.run.path, {}, logs, _train_seconds(logs))
         self.run.save_model(self.model.weights(),
                             {"method": self.cfg.method, "bits": ",".join(map(str, self.cfg.bits))})
+        if not self.ctx.is_main:  # rank 0 evaluates and writes the results
+            self.ctx.barrier()
+            return RunResult(self.run.path, {}, logs, _train_seconds(logs))
         results = self.evaluate()
         train_seconds = _train_seconds(logs)
         images = sum(int(r.get("images", 0)) for r in logs)
@@ -430,6 +494,7 @@ class Trainer:
         results["images_per_second"] = round(images / train_seconds, 1) if train_seconds else 0.0
         results["total_seconds"] = round(time.perf_counter() - t0, 3)
         self.run.write_results(results)
+        self.ctx.barrier()
         return RunResult(self.run.path, results, logs, train_seconds, results["images_per_second"])
 
     def evaluate(self) -> dict[str, Any]:
@@ -463,11 +528,16 @@ class Trainer:
         optimizer = make_optimizer(spec, list(method.parameters()),
                                    [p for p in model.backbone.parameters() if p.requires_grad])
         start_epoch = self._load_checkpoint(optimizer)
-        provider.prepare()
         mining = self._neighbour_mining()
         spec_nb = method.neighbours()
+
+        def prepare() -> Any:
+            provider.prepare()  # the caches training reads (rank 0 builds them first)
+            return mining.initial(provider.clean_features) if mining is not None else None
+
+        mined = self._main_first(prepare)
         if mining is not None:
-            provider.use_neighbours(mining.initial(provider.clean_features), spec_nb)
+            provider.use_neighbours(mined, spec_nb)
 
         def before_epoch(epoch: int) -> None:
             if mining is not None and mining.refresh_due(epoch):  # re-mine from the model
@@ -482,11 +552,12 @@ class Trainer:
 
         logs_seen: list[dict[str, Any]] = []
         steps = n_train // batch
+        group = BatchGroup(self.ctx, batch) if self.ctx.world_size > 1 else None
         return train_epochs(method, optimizer, spec, lambda e, g: provider.epoch(batch, g),
                             steps_per_epoch=steps, images_per_epoch=steps * batch,
                             seed=self.cfg.seed, start_epoch=start_epoch, device=self.device,
                             before_epoch=before_epoch, after_epoch=after_epoch,
-                            progress=self.progress)
+                            progress=self.progress, group=group)
 
     def _neighbour_mining(self) -> NeighbourMining | None:
         spec = self.model.method.neighbours()
@@ -495,7 +566,7 @@ class Trainer:
         return NeighbourMining(spec, self.split.train, self.split.database,
                                self.run.neighbours_path, device=self.device,
                                labels=self.dataset.labels, log_event=self.run.log_event,
-                               progress=self.progress)
+                               progress=self.progress, write=self.ctx.is_main)
 
     def _embedding(self, indices: np.ndarray, chunk: int = 4096) -> torch.Tensor:
         """``method.embed`` of the current model on un-augmented images (for re-mining)."""

@@ -26,11 +26,21 @@ def train_command(
     allow_thread_change: Annotated[bool, typer.Option(
         "--allow-thread-change", help="resume with another thread count than the run's "
         "(it continues, but not bit-identically)")] = False,
+    nproc: Annotated[int, typer.Option(
+        "--nproc", min=1, help="processes on this machine (torch.distributed; the batch size "
+        "stays the global batch); several machines: run under torchrun")] = 1,
+    stop_after_epoch: Annotated[int | None, typer.Option(
+        "--stop-after-epoch", hidden=True, help="(tests) stop after this many epochs")] = None,
     progress: ProgressOption = True,
 ) -> None:
     """Train a hashing method and evaluate it; writes a complete run directory."""
     from contrahash.config import resolve_config
+    from contrahash.distributed import context, is_distributed
     from contrahash.train import train_run
+
+    if nproc > 1 and not is_distributed():
+        launch(nproc)  # this command again, in nproc processes
+        return
 
     # `contrahash train key=value ...` without a YAML file is allowed too
     args = list(overrides or [])
@@ -43,14 +53,42 @@ def train_command(
             fail("--resume continues a run with its own config.yaml; give no config file with "
                  "it (key=value overrides such as optim.epochs=60 are allowed)")
         result = train_run(None, resume, resume=True, command=invoked_command(), progress=display,
-                           resume_overrides=args, allow_thread_change=allow_thread_change)
+                           resume_overrides=args, allow_thread_change=allow_thread_change,
+                           stop_after_epoch=stop_after_epoch)
+        if not context().is_main:
+            return
         if result.reused:
             console.print(f"{resume} has already finished: nothing to do (its results below; "
                           f"`contrahash evaluate {resume}` re-reads them)")
     else:
         cfg = resolve_config(config, args)
-        result = train_run(cfg, run_dir, command=invoked_command(), progress=display)
+        result = train_run(cfg, run_dir, command=invoked_command(), progress=display,
+                           stop_after_epoch=stop_after_epoch)
+    if not context().is_main or not result.results:
+        return
     print_results(result.results, title=f"{result.results.get('method')} — {result.run_dir}")
+
+
+def launch(nproc: int) -> None:
+    """Run this very command in ``nproc`` processes through torch.distributed's launcher
+    (``torchrun --standalone --nproc-per-node N -m contrahash.cli …``)."""
+    import sys
+
+    from torch.distributed import run as torchrun
+
+    args = []
+    skip = False
+    for arg in sys.argv[1:]:  # the command line without --nproc
+        if skip:
+            skip = False
+            continue
+        if arg == "--nproc":
+            skip = True
+            continue
+        if arg.startswith("--nproc="):
+            continue
+        args.append(arg)
+    torchrun.main(["--standalone", "--nproc-per-node", str(nproc), "-m", "contrahash.cli", *args])
 
 
 def print_results(results: dict, title: str = "results") -> None:

@@ -1,6 +1,6 @@
 """Loss functions, one per module (plain functions; methods compose them)."""
 
-from contrahash.losses.bernoulli_kl import symmetric_bernoulli_kl
+from contrahash.losses.bernoulli_kl import bernoulli_kl_rows, symmetric_bernoulli_kl
 from contrahash.losses.bit_balance import bit_balance_loss
 from contrahash.losses.bit_correlation import bit_correlation_loss
 from contrahash.losses.cosine_quantization import cosine_quantization_loss
@@ -30,6 +30,7 @@ __all__ = [
     "soft_target_cross_entropy",
     "sorted_nce_loss",
     "squared_quantization_loss",
+    "bernoulli_kl_rows",
     "symmetric_bernoulli_kl",
     "wta_contrastive_loss",
 ]

@@ -5,12 +5,17 @@ from __future__ import annotations
 import torch
 
 
-def bernoulli_kl(p: torch.Tensor, q: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
-    """KL(Bern(p) ‖ Bern(q)) summed over bits, averaged over rows."""
+def bernoulli_kl_rows(p: torch.Tensor, q: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """KL(Bern(p) ‖ Bern(q)) summed over bits, per row ``[N]``."""
     p = p.float().clamp(eps, 1 - eps)
     q = q.float().clamp(eps, 1 - eps)
     kl = p * (p.log() - q.log()) + (1 - p) * ((1 - p).log() - (1 - q).log())
-    return kl.sum(dim=1).mean()
+    return kl.sum(dim=1)
+
+
+def bernoulli_kl(p: torch.Tensor, q: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """KL(Bern(p) ‖ Bern(q)) summed over bits, averaged over rows."""
+    return bernoulli_kl_rows(p, q, eps).mean()
 
 
 def symmetric_bernoulli_kl(p1: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:

@@ -77,6 +77,9 @@ class StepInfo:
 
     ``positions`` are the batch rows' positions in the training split — the row order of the
     features :meth:`HashMethod.fit` was given (HARR looks up its similarity structure by them).
+    ``group`` is None in a single process; in a distributed run it is the
+    :class:`~contrahash.distributed.BatchGroup` whose global batch this process holds a
+    slice of (the views are that slice), for losses that need the whole batch.
     """
 
     epoch: int = 0
@@ -84,6 +87,7 @@ class StepInfo:
     step: int = 0
     steps_per_epoch: int = 1
     positions: torch.Tensor | None = None
+    group: Any = None
 
     @property
     def progress(self) -> float:
@@ -126,6 +130,7 @@ class HashMethod(nn.Module):
     step)``                   positions in the training split
     ``encode(features)``      ±1 codes per code length                                —
     ``embed(features)``       continuous embedding for re-mining neighbours           refuses
+    ``check_distributed()``   whether the loss is global with ``step.group`` set       refuses
     ========================  ======================================================  ==========
 
     Inputs are backbone outputs: ``[N, d]`` feature vectors, or ``[N, T, d]`` token grids
@@ -199,6 +204,17 @@ class HashMethod(nn.Module):
     def encode(self, features: torch.Tensor) -> dict[int, torch.Tensor]:
         """±1 codes per code length for test-time (un-augmented) backbone outputs."""
         raise NotImplementedError
+
+    def check_distributed(self) -> None:
+        """Raise ``ValueError`` (saying why) unless :meth:`training_loss` computes the global
+        batch's loss when ``step.group`` is set (:mod:`contrahash.distributed`): contrastive
+        negatives from every process, batch statistics over the global batch, this process's
+        share of every mean. The default refuses: a loss written for one process would
+        silently train differently."""
+        raise ValueError(
+            f"method '{self.name}' does not support distributed training: its loss uses "
+            "batch statistics that each process would compute on its own rows; train it in "
+            "one process")
 
     @torch.no_grad()
     def embed(self, features: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from contrahash.codes import sign_st
-from contrahash.losses import nt_xent, symmetric_bernoulli_kl
+from contrahash.losses import bernoulli_kl_rows, nt_xent, symmetric_bernoulli_kl
 from contrahash.methods.base import (
     HashMethod,
     LossOutput,
@@ -54,17 +54,26 @@ class CIBHash(HashMethod):
 
     def training_loss(self, views: Sequence[torch.Tensor], step: StepInfo) -> LossOutput:
         f1, f2 = views[0], views[1]
+        group = step.group
         total = f1.new_zeros((), dtype=torch.float32)
         parts: dict[str, float] = {}
         for k in self.bits:
             p1, p2 = self.probabilities(f1, k), self.probabilities(f2, k)
             b1, b2 = sign_st(p1 - 0.5), sign_st(p2 - 0.5)
-            contrastive = nt_xent(b1, b2, self.config.temperature)
-            kl = symmetric_bernoulli_kl(p1, p2)
+            if group is None:
+                contrastive = nt_xent(b1, b2, self.config.temperature)
+                kl = symmetric_bernoulli_kl(p1, p2)
+            else:  # the global batch's terms, this process's share (contrahash.distributed)
+                contrastive = group.nt_xent(b1, b2, self.config.temperature)
+                kl = 0.5 * (group.mean_rows(bernoulli_kl_rows(p1, p2.detach()))
+                            + group.mean_rows(bernoulli_kl_rows(p2, p1.detach())))
             total = total + contrastive + self.config.beta * kl
             parts[f"contrastive_{k}"] = contrastive.detach()
             parts[f"kl_{k}"] = kl.detach()
         return LossOutput(total, parts)
+
+    def check_distributed(self) -> None:
+        """Supported: negatives gathered from every process, the KL as shares of its mean."""
 
     @torch.no_grad()
     def encode(self, features: torch.Tensor) -> dict[int, torch.Tensor]:

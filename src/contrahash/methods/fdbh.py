@@ -154,42 +154,73 @@ class FDBH(HashMethod):
 
     def training_loss(self, views: Sequence[torch.Tensor], step: StepInfo) -> LossOutput:
         c = self.config
+        group = step.group  # None in one process; the global batch otherwise
         feats = [v.float() for v in views]
         n, m = feats[0].shape[0], len(feats)
         f_all = torch.cat(feats)
         total = f_all.new_zeros(())
         parts: dict[str, torch.Tensor] = {}
+
+        def contrastive(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            if group is None:
+                return nt_xent(a, b, c.temperature)
+            return group.nt_xent(a, b, c.temperature)
+
         for k in self.bits:
             u = self.encoders[str(k)](f_all)
             # all views standardised together: one set of batch statistics per bit
-            u_hat = self._balanced(u, k)
+            if c.fdo == "standardize" and group is not None:
+                u_hat = group.batch_norm(u, self.fdo[str(k)])
+            else:
+                u_hat = self._balanced(u, k)
             if c.fdo == "bihalf":
                 b = torch.cat([bihalf_sign(u_hat[i * n:(i + 1) * n], c.bihalf_gamma) for i in range(m)])
             elif c.polarization:
                 b = sign_st(torch.tanh(self.alpha(step) * u_hat))
             else:
                 b = sign_st(u_hat)
-            loss_k = nt_xent(b[:n], b[n:2 * n], c.temperature)
+            loss_k = contrastive(b[:n], b[n:2 * n])
             parts[f"contrastive_{k}"] = loss_k.detach()
             if m == 3:  # the neighbour (extra positive) against both views of the image
-                extra = 0.5 * (nt_xent(b[:n], b[2 * n:], c.temperature)
-                               + nt_xent(b[n:2 * n], b[2 * n:], c.temperature))
+                extra = 0.5 * (contrastive(b[:n], b[2 * n:]) + contrastive(b[n:2 * n], b[2 * n:]))
                 loss_k = loss_k + c.neighbour_weight * extra
                 parts[f"neighbour_{k}"] = extra.detach()
             if c.polarization:
-                pol = polarization_loss(u_hat, c.margin)
+                if group is None:
+                    pol = polarization_loss(u_hat, c.margin)
+                else:
+                    pol = group.mean_rows(torch.relu(c.margin - u_hat.float().abs()).mean(dim=1),
+                                          rows_per_process=m * n)
                 loss_k = loss_k + c.lambda_pol * pol
                 parts[f"polarization_{k}"] = pol.detach()
             if c.decorrelation and c.fdo != "none":
-                dec = sum(decorrelation_loss(u_hat[i * n:(i + 1) * n]) for i in range(m)) / m
+                views_u = [u_hat[i * n:(i + 1) * n] for i in range(m)]
+                if group is None:
+                    dec = sum(decorrelation_loss(x) for x in views_u) / m
+                else:
+                    dec = sum(group.decorrelation(x) for x in views_u) / m
                 loss_k = loss_k + c.lambda_dec * dec
                 parts[f"decorrelation_{k}"] = dec.detach()
             if c.reconstruction:
-                rec = cosine_reconstruction_loss(self.decoders[str(k)](b), f_all)
+                rebuilt = self.decoders[str(k)](b)
+                if group is None:
+                    rec = cosine_reconstruction_loss(rebuilt, f_all)
+                else:
+                    cos = torch.nn.functional.cosine_similarity(
+                        rebuilt.float(), f_all.detach().float(), dim=1)
+                    rec = group.mean_rows(1 - cos, rows_per_process=m * n)
                 loss_k = loss_k + c.lambda_rec * rec
                 parts[f"reconstruction_{k}"] = rec.detach()
             total = total + loss_k
         return LossOutput(total, parts)
+
+    def check_distributed(self) -> None:
+        """Supported with ``fdo`` standardize or none: negatives gathered from every
+        process, standardisation and decorrelation over the global batch."""
+        if self.config.fdo == "bihalf":
+            raise ValueError("fdbh with fdo=bihalf does not support distributed training (the "
+                             "per-bit split of the batch would be per process); use "
+                             "fdo=standardize, or one process")
 
     def _test_u(self, features: torch.Tensor, k: int) -> torch.Tensor:
         u = self.encoders[str(k)](features.float())

@@ -1,0 +1,105 @@
+"""torch.distributed on the CPU (gloo): global-batch semantics, resume, two "nodes"."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+HERE = Path(__file__).resolve().parent
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE.parent / "src")}
+
+
+@pytest.mark.parametrize("method", ["fdbh", "cibhash"])
+def test_two_processes_with_half_batches_take_the_single_process_step(method, tmp_path):
+    """One optimisation step with 2 processes × B/2 gives the loss and the updated parameters
+    of 1 process × B on the same inputs (tolerance 1e-5)."""
+    script = str(HERE / "workers" / "one_step.py")
+    single = tmp_path / "single.npz"
+    subprocess.run([sys.executable, script, method, str(single)], check=True, env=_env(),
+                   timeout=120)
+    port = str(free_port())
+    pair = tmp_path / "pair.npz"
+    procs = [subprocess.Popen([sys.executable, script, method, str(pair), str(r), "2", port],
+                              env=_env()) for r in range(2)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    a, b = np.load(single), np.load(pair)
+    assert set(a.files) == set(b.files)
+    assert float(b["loss"]) == pytest.approx(float(a["loss"]), rel=1e-5, abs=1e-6)
+    weights = [key for key in a.files if key.endswith("weight") and not key.startswith("grad.")]
+    grads = [key for key in a.files if key.startswith("grad.")]
+    assert weights and len(grads) >= len(weights)  # every trained weight and its gradient
+    for key in a.files:
+        np.testing.assert_allclose(b[key], a[key], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+DIGITS = ["method=fdbh", "data.source=digits", "data.protocol_options={query: 0.1, train: 300}",
+          "backbone.name=pixels", "backbone.image_size=8", "bits=[8,16]", "cache.views=3",
+          "optim.batch_size=32", "method_config.neighbour_pool=train", "--no-progress"]
+
+
+def contrahash(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "contrahash.cli", *args], env=_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _codes(run: Path) -> dict[str, np.ndarray]:
+    return {k: np.load(run / "codes" / f"{k}.npz")["database"] for k in ("8", "16")}
+
+
+def test_two_process_training_resumes_bit_identically(tmp_path):
+    base = ["train", *DIGITS, "optim.epochs=3", f"cache.dir={tmp_path / 'cache'}",
+            "--nproc", "2"]
+    full = contrahash(*base, "--run-dir", str(tmp_path / "full"))
+    assert full.returncode == 0, full.stderr[-2000:]
+    part = contrahash(*base, "--run-dir", str(tmp_path / "part"), "--stop-after-epoch", "1")
+    assert part.returncode == 0, part.stderr[-2000:]
+    assert not (tmp_path / "part" / "results.json").exists()
+    resumed = contrahash("train", "--resume", str(tmp_path / "part"), "--nproc", "2",
+                         "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = _codes(tmp_path / "full"), _codes(tmp_path / "part")
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    env = json.loads((tmp_path / "full" / "environment.json").read_text())
+    assert env["world_size"] == 2
+    # one writer: rank 0 wrote every epoch once
+    lines = (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3]
+    # another process count continues, and says it is not bit-identical
+    again = contrahash("train", "--resume", str(tmp_path / "part"), "optim.epochs=4",
+                       "--no-progress")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "not bit-identical" in again.stderr
+
+
+def test_two_nodes_rendezvous_on_localhost(tmp_path):
+    """The multi-machine path: two torchrun "nodes" (one process each) on this machine."""
+    port = str(free_port())
+    run = tmp_path / "run"
+    common = ["--nnodes", "2", "--nproc-per-node", "1", "--master-addr", "127.0.0.1",
+              "--master-port", port, "-m", "contrahash.cli", "train", *DIGITS,
+              "optim.epochs=2", f"cache.dir={tmp_path / 'cache'}", "--run-dir", str(run)]
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--node-rank",
+                               str(rank), *common], env=_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for rank in range(2)]
+    outputs = [node.communicate(timeout=300) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][1][-2000:]
+    results = json.loads((run / "results.json").read_text())
+    assert results["bits"]["16"]["map"] > 0
+    assert json.loads((run / "environment.json").read_text())["world_size"] == 2
