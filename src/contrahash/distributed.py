@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -35,7 +35,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-__all__ = ["BatchGroup", "DistributedContext", "context", "init_from_env", "is_distributed"]
+__all__ = ["BatchGroup", "DistributedContext", "context", "init_from_env", "is_distributed",
+           "share_pieces"]
 
 
 def is_distributed() -> bool:
@@ -108,6 +109,39 @@ def _quiet() -> Iterator[None]:
         warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional",
                                 category=FutureWarning)
         yield
+
+
+def piece_shape(shape: Sequence[int], index: tuple) -> tuple[int, ...]:
+    """The shape of ``array[index]`` for an array of ``shape``, without allocating it."""
+    import numpy as np
+
+    probe = np.lib.stride_tricks.as_strided(np.zeros(1, np.uint8), shape=tuple(shape),
+                                            strides=(0,) * len(shape))
+    return probe[index].shape
+
+
+def share_pieces(ctx: DistributedContext, pieces: Sequence[tuple], shape: Sequence[int],
+                 dtype: object, compute_piece: Callable[[int], object],
+                 sink: Callable[[int, object], None] | None) -> None:
+    """Build an array of ``shape`` from pieces (``array[pieces[p]]``) with every process:
+    process r computes the pieces p ≡ r (mod world) — all at the same time —, then every
+    piece is broadcast from its owner in order and handed to ``sink(p, values)`` where a
+    sink is given (e.g. rank 0 writing a file). Works on any file system; NCCL moves the
+    pieces through the GPU."""
+    import numpy as np
+
+    mine = {p: np.ascontiguousarray(compute_piece(p), dtype=dtype)
+            for p in range(ctx.rank, len(pieces), ctx.world_size)}
+    torch_dtype = torch.from_numpy(np.zeros(0, dtype=dtype)).dtype
+    device = torch.device("cuda", ctx.local_rank) if ctx.backend == "nccl" else None
+    for p, index in enumerate(pieces):
+        owner = p % ctx.world_size
+        buf = (torch.from_numpy(mine.pop(p)) if owner == ctx.rank
+               else torch.empty(piece_shape(shape, index), dtype=torch_dtype))
+        moved = buf.to(device) if device is not None else buf
+        dist.broadcast(moved, src=owner)
+        if sink is not None:
+            sink(p, moved.cpu().numpy())
 
 
 class BatchGroup:

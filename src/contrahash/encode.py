@@ -20,19 +20,36 @@ __all__ = ["encode_dataset", "encode_run"]
 
 
 def encode_dataset(model: HashingModel, images: Any, indices: np.ndarray | None = None, *,
-                   progress: Progress | ProgressCallback | None = None, chunk: int = 4096) -> dict[int, np.ndarray]:
+                   progress: Progress | ProgressCallback | None = None, chunk: int = 4096
+                   ) -> dict[int, np.ndarray]:
     """±1 int8 codes per code length of ``images[indices]`` (all images by default), in
-    chunks so that features never all sit in memory at once."""
+    chunks so that features never all sit in memory at once. In a distributed job every
+    process encodes a share of the chunks and every process receives all codes."""
+    from contrahash.distributed import context, share_pieces
+
     indices = np.arange(len(images)) if indices is None else np.asarray(indices, dtype=np.int64)
-    parts: dict[int, list[np.ndarray]] = {k: [] for k in model.method.bits}
-    with as_progress(progress).phase("encoding", len(indices)) as phase:
-        for lo in range(0, len(indices), chunk):
-            features = model.extract(images, indices[lo:lo + chunk], on_batch=phase.advance)
-            for k, codes in model.encode(features).items():
-                parts[k].append(codes)
+    bits = model.method.bits
     if not len(indices):
-        return {k: np.zeros((0, k), dtype=np.int8) for k in model.method.bits}
-    return {k: np.concatenate(v) for k, v in parts.items()}
+        return {k: np.zeros((0, k), dtype=np.int8) for k in bits}
+    pieces = [(slice(lo, min(len(indices), lo + chunk)),) for lo in range(0, len(indices), chunk)]
+    total = sum(bits)
+    out = np.empty((len(indices), total), dtype=np.int8)  # every code length side by side
+    ctx = context()
+    with as_progress(progress).phase("encoding", len(indices)) as phase:
+
+        def piece(p: int) -> np.ndarray:
+            features = model.extract(images, indices[pieces[p][0]], on_batch=phase.advance)
+            codes = model.encode(features)
+            return np.concatenate([codes[k] for k in bits], axis=1)
+
+        if ctx.world_size == 1:
+            for p, index in enumerate(pieces):
+                out[index] = piece(p)
+        else:
+            share_pieces(ctx, pieces, out.shape, np.int8, piece,
+                         lambda p, values: out.__setitem__(pieces[p], values))
+    ends = np.cumsum([0, *bits])
+    return {k: np.ascontiguousarray(out[:, ends[i]:ends[i + 1]]) for i, k in enumerate(bits)}
 
 
 def encode_run(run_dir: str | os.PathLike, data: str | None = None, image_root: str | None = None,

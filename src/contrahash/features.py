@@ -191,7 +191,6 @@ class FeatureCache:
         shape: tuple[int, ...],
         compute: Callable[[np.ndarray, int], np.ndarray],
         dtype: Any = np.float16,
-        checkpoint_rows: int | None = None,
     ) -> np.ndarray:
         """Return the cached array, or compute it with ``compute(out_memmap, start_row)``.
 
@@ -225,6 +224,68 @@ class FeatureCache:
         if progress.exists():
             progress.unlink()
         write_json(final.with_suffix(".json"), parts)
+        return np.load(final, mmap_mode="r")
+
+    def get_or_compute_parts(
+        self,
+        parts: dict[str, Any],
+        shape: tuple[int, ...],
+        pieces: Sequence[tuple[Any, ...]],
+        compute_piece: Callable[[int], np.ndarray],
+        rows_done: Callable[[int], int],
+        ctx: Any = None,
+        dtype: Any = np.float16,
+    ) -> np.ndarray:
+        """Like :meth:`get_or_compute`, for an array made of pieces: ``out[pieces[p]] =
+        compute_piece(p)``, in order; ``rows_done(p)`` is the progress after piece p (the
+        pieces fill a growing prefix of rows, so an interrupted computation restarts at the
+        first missing piece).
+
+        With a distributed context of several processes (:mod:`contrahash.distributed`)
+        every process computes the pieces ``p ≡ rank (mod world)`` at the same time, the
+        pieces travel to rank 0 (broadcasts, so any file system will do), and rank 0 writes
+        the array — N processes build it about N times faster. A distributed computation that
+        is interrupted starts again from the beginning.
+        """
+        if ctx is None or ctx.world_size == 1:
+            def compute(out: np.ndarray, start: int) -> np.ndarray:
+                first = next((p for p in range(len(pieces)) if rows_done(p) > start), len(pieces))
+                for p in range(first, len(pieces)):
+                    out[pieces[p]] = compute_piece(p)
+                    self.mark_progress(rows_done(p))
+                return out
+
+            return self.get_or_compute(parts, shape, compute, dtype)
+        return self._compute_together(parts, shape, pieces, compute_piece, ctx, dtype)
+
+    def _compute_together(self, parts: dict[str, Any], shape: tuple[int, ...],
+                          pieces: Sequence[tuple[Any, ...]],
+                          compute_piece: Callable[[int], np.ndarray], ctx: Any,
+                          dtype: Any) -> np.ndarray:
+        import torch.distributed as dist
+
+        from contrahash.distributed import share_pieces
+
+        final = self.path(parts)
+        found = torch.tensor(int(ctx.is_main and final.exists()
+                                 and np.load(final, mmap_mode="r").shape == tuple(shape)))
+        dist.broadcast(found, src=0)
+        if not bool(found):
+            partial = final.with_suffix(".partial.npy")
+            out = (np.lib.format.open_memmap(partial, mode="w+", dtype=dtype, shape=shape)
+                   if ctx.is_main else None)
+
+            def write(p: int, values: np.ndarray) -> None:
+                out[pieces[p]] = values
+
+            share_pieces(ctx, pieces, shape, dtype, compute_piece,
+                         write if out is not None else None)
+            if out is not None:
+                out.flush()
+                del out
+                os.replace(partial, final)
+                write_json(final.with_suffix(".json"), parts)
+        ctx.barrier()
         return np.load(final, mmap_mode="r")
 
     def mark_progress(self, rows_done: int) -> None:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from contrahash.config import TrainConfig
+from contrahash.distributed import context
 from contrahash.features import FeatureCache, autocast_for, backbone_inputs
 from contrahash.methods.base import NeighbourSpec
 from contrahash.model import HashingModel
@@ -76,6 +77,7 @@ class FeatureProvider:
         self._clean: np.ndarray | None = None
         self._clean_row: np.ndarray | None = None
         self._images_on_device: torch.Tensor | None = None
+        self.ctx = context()
 
     # -- images and keys ---------------------------------------------------------------
     def images(self) -> Any:
@@ -133,15 +135,12 @@ class FeatureProvider:
             self._clean_row[used] = np.arange(len(used))
             if self.model.frozen:
                 key = self.feature_key("clean", images=hash_indices(used))
-
-                def compute(out: np.ndarray, start: int) -> np.ndarray:
-                    return self.extract(used, out=out, start=start,
-                                        phase="features of the evaluated images")
-
                 shape = (len(used), *self.probe_shape())
-                self._clean = self.cache.get_or_compute(key, shape, compute)
+                self._clean = self.cached_rows(key, shape, used, "features of the evaluated images",
+                                               lambda rows, on_batch: self.model.extract(
+                                                   self.images(), rows, on_batch=on_batch))
             else:
-                self._clean = self.extract(used, phase="features of the evaluated images")
+                self._clean = self.together(used, "features of the evaluated images")
         rows = self._clean_row[np.asarray(indices)]
         if (rows < 0).any():
             raise IndexError("clean_features: index outside the split's images")
@@ -151,7 +150,41 @@ class FeatureProvider:
         """Features of ``indices`` with the current (possibly fine-tuned) backbone."""
         if self.model.frozen:
             return self.clean_features(indices)
-        return self.extract(indices, phase="encoding")
+        return self.together(np.asarray(indices), "encoding")
+
+    # -- work shared by the processes of a distributed run ---------------------------------
+    def chunks(self, n: int) -> list[tuple[slice]]:
+        """Row chunks of ``n`` rows, whole extraction batches each (results do not depend on
+        how rows are chunked)."""
+        step = self.model.eval_batch_size * 64
+        return [(slice(lo, min(n, lo + step)),) for lo in range(0, n, step)]
+
+    def cached_rows(self, key: dict[str, Any], shape: tuple[int, ...], rows: np.ndarray,
+                    phase: str, compute: Callable[..., np.ndarray]) -> np.ndarray:
+        """A cached array whose row i is ``compute`` of ``rows[i]``, computed in chunks (by
+        every process of a distributed run together)."""
+        pieces = self.chunks(len(rows))
+        with self.progress.phase(phase, len(rows)) as ph:
+            return self.cache.get_or_compute_parts(
+                key, shape, pieces, lambda p: compute(rows[pieces[p][0]], ph.advance),
+                lambda p: pieces[p][0].stop, ctx=self.ctx)
+
+    def together(self, indices: np.ndarray, phase: str) -> np.ndarray:
+        """Test-transform features of ``indices``, the processes of a distributed run each
+        extracting a share of the rows."""
+        if self.ctx.world_size == 1:
+            return self.extract(indices, phase=phase)
+        from contrahash.distributed import share_pieces
+
+        shape = (len(indices), *self.probe_shape())
+        out = np.empty(shape, dtype=np.float16)
+        pieces = self.chunks(len(indices))
+        with self.progress.phase(phase, len(indices)) as ph:
+            share_pieces(self.ctx, pieces, shape, np.float16,
+                         lambda p: self.model.extract(self.images(), indices[pieces[p][0]],
+                                                      on_batch=ph.advance),
+                         lambda p, values: out.__setitem__(pieces[p], values))
+        return out
 
     # -- training ------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -193,22 +226,21 @@ class CachedViews(FeatureProvider):
         key = self.feature_key("views", views=v, recipes=recipes, augment=cfg.augment,
                                train=hash_indices(train), view_seed=cfg.seed)
 
-        def compute(out: np.ndarray, start: int) -> np.ndarray:
-            # view j of every image uses recipe j % len(recipes), one seeded generator per view
-            first = start // len(train) if len(train) else 0
-            with self.progress.phase("augmented views of the training images",
-                                     len(train) * (v - first)) as phase:
-                for j in range(first, v):
-                    aug = with_overrides(augmenters[j % len(augmenters)], cfg.augment)
-                    gen = torch.Generator(device=self.generator_device()).manual_seed(
-                        cfg.seed * 1000 + j)
-                    out[:, j] = self.model.extract(self.images(), train, aug, generator=gen,
-                                                   on_batch=phase.advance)
-                    self.cache.mark_progress((j + 1) * len(train))
-            return out
-
         shape = (len(train), v, *self.probe_shape())
-        return self.cache.get_or_compute(key, shape, compute)
+        with self.progress.phase("augmented views of the training images",
+                                 len(train) * v) as phase:
+
+            def view(j: int) -> np.ndarray:
+                # view j of every image: recipe j % len(recipes), its own seeded generator
+                aug = with_overrides(augmenters[j % len(augmenters)], cfg.augment)
+                gen = torch.Generator(device=self.generator_device()).manual_seed(
+                    cfg.seed * 1000 + j)
+                return self.model.extract(self.images(), train, aug, generator=gen,
+                                          on_batch=phase.advance)
+
+            return self.cache.get_or_compute_parts(
+                key, shape, [(slice(None), j) for j in range(v)], view,
+                lambda j: (j + 1) * len(train), ctx=self.ctx)
 
     def prepare(self) -> None:
         if self._views is None:  # in RAM: sampled at every step
@@ -308,18 +340,19 @@ class BlockCache(FeatureProvider):
         self._neighbour_pool: torch.Tensor | None = None
         self._prob = 0.0
 
-    def _prefix(self, indices: np.ndarray, transform: Any, *, out: np.ndarray, start: int,
-                generator: torch.Generator | None, on_batch: Callable[[int], None]) -> None:
-        """Block inputs of ``images[indices]`` under ``transform``, rows from ``start``."""
+    def _prefix(self, indices: np.ndarray, transform: Any, generator: torch.Generator | None,
+                on_batch: Callable[[int], None]) -> np.ndarray:
+        """Block inputs (float16) of ``images[indices]`` under ``transform``."""
         from contrahash.features import autocast_for
 
         model, backbone = self.model, self.model.backbone
         images = self.images()
+        out = np.empty((len(indices), *backbone.block_input_shape(self.blocks)), np.float16)
         was_training = backbone.training
         backbone.eval()
         try:
             with torch.no_grad():
-                for lo in range(start, len(indices), model.eval_batch_size):
+                for lo in range(0, len(indices), model.eval_batch_size):
                     hi = min(lo + model.eval_batch_size, len(indices))
                     x = backbone_inputs(backbone, images[indices[lo:hi]], transform, model.device,
                                         generator=generator)
@@ -329,6 +362,7 @@ class BlockCache(FeatureProvider):
                     on_batch(hi - lo)
         finally:
             backbone.train(was_training)
+        return out
 
     def clean_blocks(self) -> torch.Tensor:
         """[n_used, ...] block inputs of every image the split uses (test transform)."""
@@ -338,15 +372,11 @@ class BlockCache(FeatureProvider):
             self._clean_row[used] = np.arange(len(used))
             key = self.feature_key("block-clean", blocks=self.blocks, images=hash_indices(used))
             shape = (len(used), *self.model.backbone.block_input_shape(self.blocks))
-
-            def compute(out: np.ndarray, start: int) -> np.ndarray:
-                with self.progress.phase("block inputs of the evaluated images",
-                                         len(used) - start) as phase:
-                    self._prefix(used, self.model.test_transform(), out=out, start=start,
-                                 generator=None, on_batch=phase.advance)
-                return out
-
-            self._clean_blocks = tensor_view(self.cache.get_or_compute(key, shape, compute))
+            transform = self.model.test_transform()
+            array = self.cached_rows(key, shape, used, "block inputs of the evaluated images",
+                                     lambda rows, on_batch: self._prefix(rows, transform, None,
+                                                                         on_batch))
+            self._clean_blocks = tensor_view(array)
         return self._clean_blocks
 
     def block_views(self) -> np.ndarray:
@@ -366,23 +396,17 @@ class BlockCache(FeatureProvider):
                                augment=cfg.augment, train=hash_indices(train),
                                view_seed=cfg.seed)
         shape = (len(train), v, *self.model.backbone.block_input_shape(self.blocks))
+        with self.progress.phase("block inputs of the training views", len(train) * v) as phase:
 
-        def compute(out: np.ndarray, start: int) -> np.ndarray:
-            first = start // len(train) if len(train) else 0
-            with self.progress.phase("block inputs of the training views",
-                                     len(train) * (v - first)) as phase:
-                for j in range(first, v):
-                    aug = with_overrides(augmenters[j % len(augmenters)], cfg.augment)
-                    gen = torch.Generator(device=self.generator_device()).manual_seed(
-                        cfg.seed * 1000 + j)
-                    column = np.empty(shape[:1] + shape[2:], dtype=np.float16)
-                    self._prefix(train, aug, out=column, start=0, generator=gen,
-                                 on_batch=phase.advance)
-                    out[:, j] = column
-                    self.cache.mark_progress((j + 1) * len(train))
-            return out
+            def view(j: int) -> np.ndarray:
+                aug = with_overrides(augmenters[j % len(augmenters)], cfg.augment)
+                gen = torch.Generator(device=self.generator_device()).manual_seed(
+                    cfg.seed * 1000 + j)
+                return self._prefix(train, aug, gen, phase.advance)
 
-        return self.cache.get_or_compute(key, shape, compute)
+            return self.cache.get_or_compute_parts(
+                key, shape, [(slice(None), j) for j in range(v)], view,
+                lambda j: (j + 1) * len(train), ctx=self.ctx)
 
     def _suffix(self, blocks: torch.Tensor, rows: np.ndarray, chunk: int = 256) -> np.ndarray:
         """Features of cached block inputs ``blocks[rows]`` through the current last N blocks
@@ -416,10 +440,23 @@ class BlockCache(FeatureProvider):
         return self._suffix(blocks, rows)
 
     def test_features(self, indices: np.ndarray) -> np.ndarray:
+        indices = np.asarray(indices)
+        if self.ctx.world_size == 1:
+            with self.progress.phase("encoding", len(indices)) as phase:
+                features = self.clean_features(indices)
+                phase.advance(len(indices))
+            return features
+        from contrahash.distributed import share_pieces
+
+        first = self.clean_features(indices[:1])  # the feature shape
+        out = np.empty((len(indices), *first.shape[1:]), dtype=np.float16)
+        pieces = self.chunks(len(indices))
         with self.progress.phase("encoding", len(indices)) as phase:
-            features = self.clean_features(indices)
-            phase.advance(len(indices))
-        return features
+            share_pieces(self.ctx, pieces, out.shape, np.float16,
+                         lambda p: self.clean_features(indices[pieces[p][0]]),
+                         lambda p, values: (out.__setitem__(pieces[p], values),
+                                            phase.advance(len(values))))
+        return out
 
     def prepare(self) -> None:
         if self._views is None:

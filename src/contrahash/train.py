@@ -468,9 +468,8 @@ class Trainer:
                            world_size=self.ctx.world_size)
         t0 = time.perf_counter()
         logs: list[dict[str, Any]] = []
-        if not method.trainable or method.needs_fit:
-            train_features = self._main_first(
-                lambda: self.provider.clean_features(self.split.train))
+        if not method.trainable or method.needs_fit:  # (every process: caches build together)
+            train_features = self.provider.clean_features(self.split.train)
         if not method.trainable:
             method.fit(torch.as_tensor(train_features).float())
         else:
@@ -482,10 +481,7 @@ class Trainer:
                 return RunResult(self.run.path, {}, logs, _train_seconds(logs))
         self.run.save_model(self.model.weights(),
                             {"method": self.cfg.method, "bits": ",".join(map(str, self.cfg.bits))})
-        if not self.ctx.is_main:  # rank 0 evaluates and writes the results
-            self.ctx.barrier()
-            return RunResult(self.run.path, {}, logs, _train_seconds(logs))
-        results = self.evaluate()
+        results = self.evaluate()  # every process encodes a share; rank 0 writes
         train_seconds = _train_seconds(logs)
         images = sum(int(r.get("images", 0)) for r in logs)
         results["method_config"] = method_config
@@ -531,13 +527,9 @@ class Trainer:
         mining = self._neighbour_mining()
         spec_nb = method.neighbours()
 
-        def prepare() -> Any:
-            provider.prepare()  # the caches training reads (rank 0 builds them first)
-            return mining.initial(provider.clean_features) if mining is not None else None
-
-        mined = self._main_first(prepare)
+        provider.prepare()  # the caches training reads (built by every process together)
         if mining is not None:
-            provider.use_neighbours(mined, spec_nb)
+            provider.use_neighbours(mining.initial(provider.clean_features), spec_nb)
 
         def before_epoch(epoch: int) -> None:
             if mining is not None and mining.refresh_due(epoch):  # re-mine from the model
