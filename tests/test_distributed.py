@@ -103,3 +103,29 @@ def test_two_nodes_rendezvous_on_localhost(tmp_path):
     results = json.loads((run / "results.json").read_text())
     assert results["bits"]["16"]["map"] > 0
     assert json.loads((run / "environment.json").read_text())["world_size"] == 2
+
+
+def test_two_processes_build_the_same_collection_and_caches(tmp_path):
+    """index build --nproc 2 encodes a share each and writes what one process writes; the
+    feature cache a 2-process run builds holds what one process computes."""
+    run = tmp_path / "run"
+    cache_one, cache_two = tmp_path / "cache1", tmp_path / "cache2"
+    base = ["method=itq", "data.source=digits", "data.protocol_options={query: 0.1, train: 300}",
+            "backbone.name=tiny_cnn", "backbone.random_init=true", "backbone.image_size=16",
+            "bits=[8,16]", "--no-progress"]
+    done = contrahash("train", *base, f"cache.dir={cache_one}", "--run-dir", str(run))
+    assert done.returncode == 0, done.stderr[-2000:]
+    two = contrahash("train", *base, f"cache.dir={cache_two}", "--run-dir", str(tmp_path / "r2"),
+                     "--nproc", "2")
+    assert two.returncode == 0, two.stderr[-2000:]
+    arrays = sorted(cache_one.glob("*.npy")), sorted(cache_two.glob("*.npy"))
+    assert [p.name for p in arrays[0]] == [p.name for p in arrays[1]] and arrays[0]
+    for a, b in zip(*arrays, strict=True):
+        assert np.array_equal(np.load(a), np.load(b)), a.name
+    for n, out in ((1, tmp_path / "one"), (2, tmp_path / "two")):
+        built = contrahash("index", "build", str(run), "--data", "digits", "--out", str(out),
+                           "--nproc", str(n), "--no-progress")
+        assert built.returncode == 0, built.stderr[-2000:]
+    for name in ("codes_8.index", "codes_16.index", "items.jsonl", "thumbnails.bin"):
+        a = (tmp_path / "one" / "segments" / "000000" / name).read_bytes()
+        assert a == (tmp_path / "two" / "segments" / "000000" / name).read_bytes(), name

@@ -37,6 +37,7 @@ import shutil
 import threading
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,22 +97,35 @@ def build_collection(run_dir: str | os.PathLike, data: str, out: str | os.PathLi
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out {out} is a file, not a directory")
     backend = _check_backend(backend)
-    with DirectoryLock(out, what="index", create=True, command=command):
+    ctx = _join(device)
+    lock = (DirectoryLock(out, what="index", create=True, command=command)
+            if ctx.is_main else nullcontext())
+    with lock:
         try:
             return _build(run_dir, data, out, chosen, image_root, device, backend,
-                          as_progress(progress))
+                          as_progress(progress), ctx)
         except Exception:  # a failed build leaves nothing behind
-            if not (out / MANIFEST).exists():
+            if ctx.is_main and not (out / MANIFEST).exists():
                 for name in ("model", "segments"):
                     shutil.rmtree(out / name, ignore_errors=True)
             raise
 
 
+def _join(device: str | None) -> Any:
+    """This process's distributed context (several processes encode together)."""
+    from contrahash.distributed import init_from_env
+    from contrahash.model import select_device
+
+    return init_from_env(select_device(device or "auto"))
+
+
 def _build(run_dir: Path, data: str, out: Path, chosen: list[int], image_root: str | None,
-           device: str | None, backend: dict[str, Any], progress: Progress) -> dict[str, Any]:
-    _sweep(out)
-    model_dir = out / "model"
-    _stage_dir(model_dir, lambda tmp: _copy_model(run_dir, tmp))
+           device: str | None, backend: dict[str, Any], progress: Progress,
+           ctx: Any) -> dict[str, Any]:
+    if ctx.is_main:
+        _sweep(out)
+        _stage_dir(out / "model", lambda tmp: _copy_model(run_dir, tmp))
+    ctx.barrier()
     cfg, model = _load_model(out, device)
     manifest = {
         "format": FORMAT,
@@ -127,7 +141,7 @@ def _build(run_dir: Path, data: str, out: Path, chosen: list[int], image_root: s
         "thumbnail": {"size": THUMBNAIL_SIZE, "format": "JPEG", "quality": THUMBNAIL_QUALITY},
         "segments": [],
     }
-    return _append_segment(out, manifest, model, data, image_root, progress)
+    return _append_segment(out, manifest, model, data, image_root, progress, ctx)
 
 
 def add_to_collection(directory: str | os.PathLike, data: str, *,
@@ -140,16 +154,20 @@ def add_to_collection(directory: str | os.PathLike, data: str, *,
 
     directory = Path(directory)
     manifest = read_manifest(directory)
-    with DirectoryLock(directory, what="index", command=command):
+    ctx = _join(device)
+    lock = DirectoryLock(directory, what="index", command=command) if ctx.is_main else (
+        nullcontext())
+    with lock:
         manifest = read_manifest(directory)  # under the lock: the latest commit
-        _sweep(directory, keep={s["name"] for s in manifest["segments"]})
+        if ctx.is_main:
+            _sweep(directory, keep={s["name"] for s in manifest["segments"]})
         _, model = _load_model(directory, device)
         return _append_segment(directory, manifest, model, data, image_root,
-                               as_progress(progress), allow_duplicates=allow_duplicates)
+                               as_progress(progress), ctx, allow_duplicates=allow_duplicates)
 
 
 def _append_segment(directory: Path, manifest: dict[str, Any], model: Any, data: str,
-                    image_root: str | None, progress: Progress,
+                    image_root: str | None, progress: Progress, ctx: Any,
                     allow_duplicates: bool = False) -> dict[str, Any]:
     from contrahash.config import expand_source
     from contrahash.data import load_source
@@ -168,8 +186,18 @@ def _append_segment(directory: Path, manifest: dict[str, Any], model: Any, data:
     n = len(dataset)
     name = f"{len(manifest['segments']):06d}"
     ids = np.arange(first_id, first_id + n, dtype=np.int64)
-    codes = encode_dataset(model, dataset.images, progress=progress)
+    codes = encode_dataset(model, dataset.images, progress=progress)  # every process a share
     backend = manifest["backend"]
+    segment = {"name": name, "first_id": first_id, "count": n, "source": str(data),
+               "dataset": dataset.name, "fingerprint": dataset.fingerprint,
+               "skipped_files": dataset.n_skipped, "decoding": dataset.decoding,
+               "class_names": list(dataset.class_names), "added_at": _now()}
+    manifest = {**manifest, "count": first_id + n, "updated_at": _now(),
+                "segments": [*manifest["segments"], segment]}
+    manifest.setdefault("query_decoding", dataset.decoding)
+    if not ctx.is_main:  # rank 0 writes
+        ctx.barrier()
+        return manifest
 
     def write(tmp: Path) -> None:
         from contrahash.index import HammingIndex
@@ -185,14 +213,8 @@ def _append_segment(directory: Path, manifest: dict[str, Any], model: Any, data:
     _stage_dir(directory / "segments" / name, write)
     if backend["kind"] == "milvus":
         _milvus_add(backend, manifest["bits"], codes, ids)
-    segment = {"name": name, "first_id": first_id, "count": n, "source": str(data),
-               "dataset": dataset.name, "fingerprint": dataset.fingerprint,
-               "skipped_files": dataset.n_skipped, "decoding": dataset.decoding,
-               "class_names": list(dataset.class_names), "added_at": _now()}
-    manifest = {**manifest, "count": first_id + n, "updated_at": _now(),
-                "segments": [*manifest["segments"], segment]}
-    manifest.setdefault("query_decoding", dataset.decoding)
     write_json(directory / MANIFEST, manifest)  # the commit point
+    ctx.barrier()
     return manifest
 
 

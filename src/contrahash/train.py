@@ -380,7 +380,7 @@ class Trainer:
         # rank 0 first: it may fill the decoded-image cache and writes the split lists
         self.dataset, self.split = self._main_first(data_and_split)
         self.model: HashingModel = build_model(cfg, self.device)
-        if self.ctx.world_size > 1:
+        if self.ctx.world_size > 1 and self.model.method.trainable:  # fit-only methods: fine
             self.model.method.check_distributed()
         self.provider: FeatureProvider = make_provider(
             self.model, self.dataset, self.split, cfg,

@@ -19,7 +19,8 @@ from typing import Any, NoReturn, TypeVar
 import typer
 from rich.console import Console
 
-__all__ = ["console", "err_console", "fail", "fmt", "guarded", "invoked_command", "state"]
+__all__ = ["console", "err_console", "fail", "fmt", "guarded", "invoked_command", "relaunch",
+           "state"]
 
 console = Console()
 err_console = Console(stderr=True)
@@ -111,3 +112,30 @@ def guarded(command: F) -> F:
 def _show_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None,
                   line: str | None = None) -> None:
     err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+
+def relaunch(nproc: int) -> None:
+    """Run this very command in ``nproc`` processes through torch.distributed's launcher
+    (``torchrun --standalone --nproc-per-node N -m contrahash.cli …``)."""
+    from torch.distributed import run as torchrun
+
+    args = []
+    skip = False
+    for arg in sys.argv[1:]:  # the command line without --nproc
+        if skip:
+            skip = False
+            continue
+        if arg == "--nproc":
+            skip = True
+            continue
+        if arg.startswith("--nproc="):
+            continue
+        args.append(arg)
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    try:
+        torchrun.main(["--standalone", "--nproc-per-node", str(nproc), "-m", "contrahash.cli",
+                       *args])
+    except ChildFailedError as exc:  # each process has printed its own error line
+        codes = [f.exitcode for f in exc.failures.values()]
+        raise typer.Exit(next((c for c in codes if c), 1)) from None

@@ -15,7 +15,7 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from contrahash.cli.common import console, fail, fmt, invoked_command
+from contrahash.cli.common import console, fail, fmt, invoked_command, relaunch
 
 
 def load_npy(path: Path, option: str) -> np.ndarray:
@@ -197,6 +197,10 @@ def build_collection_index(run_dir: Path, data: str | None, out: Path, bits: lis
                                 backend=spec, progress=progress_display(progress),
                                 command=invoked_command())
     dt = time.perf_counter() - t0
+    from contrahash.distributed import context
+
+    if not context().is_main:
+        return
     console.print(f"indexed {manifest['count']:,} images at {', '.join(map(str, manifest['bits']))}"
                   f" bits -> {out} in {dt:.1f} s ({manifest['count'] / dt:,.1f} images/s)")
 
@@ -326,9 +330,16 @@ def build_command(
         "--milvus-uri", help="a .db file (embedded Milvus Lite) or http://host:19530")] = None,
     milvus_collection: Annotated[str | None, typer.Option(
         "--milvus-collection", help="Milvus collection name prefix")] = None,
+    nproc: Annotated[int, typer.Option(
+        "--nproc", min=1, help="processes sharing the encoding (torch.distributed)")] = 1,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ) -> None:
     """Index images with a trained run (a collection directory), or index a codes file."""
+    from contrahash.distributed import is_distributed
+
+    if nproc > 1 and not is_distributed():
+        relaunch(nproc)
+        return
     if backend not in ("faiss", "milvus"):
         fail(f"--backend must be faiss or milvus, got {backend!r}")
     if source.is_dir():

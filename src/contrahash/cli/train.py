@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from contrahash.cli.common import console, fail, fmt, invoked_command
+from contrahash.cli.common import console, fail, fmt, invoked_command, relaunch
 from contrahash.cli.progress import progress_display
 
 ProgressOption = Annotated[bool, typer.Option("--progress/--no-progress",
@@ -39,7 +39,7 @@ def train_command(
     from contrahash.train import train_run
 
     if nproc > 1 and not is_distributed():
-        launch(nproc)  # this command again, in nproc processes
+        relaunch(nproc)  # this command again, in nproc processes
         return
 
     # `contrahash train key=value ...` without a YAML file is allowed too
@@ -69,28 +69,6 @@ def train_command(
     print_results(result.results, title=f"{result.results.get('method')} — {result.run_dir}")
 
 
-def launch(nproc: int) -> None:
-    """Run this very command in ``nproc`` processes through torch.distributed's launcher
-    (``torchrun --standalone --nproc-per-node N -m contrahash.cli …``)."""
-    import sys
-
-    from torch.distributed import run as torchrun
-
-    args = []
-    skip = False
-    for arg in sys.argv[1:]:  # the command line without --nproc
-        if skip:
-            skip = False
-            continue
-        if arg == "--nproc":
-            skip = True
-            continue
-        if arg.startswith("--nproc="):
-            continue
-        args.append(arg)
-    torchrun.main(["--standalone", "--nproc-per-node", str(nproc), "-m", "contrahash.cli", *args])
-
-
 def print_results(results: dict, title: str = "results") -> None:
     """A rich table of a run's metrics per code length."""
     bits = results.get("bits", results)
@@ -117,9 +95,16 @@ def encode_command(
     bits: Annotated[int | None, typer.Option(
         "--bits", help="code length (default: the longest)")] = None,
     device: Annotated[str | None, typer.Option("--device")] = None,
+    nproc: Annotated[int, typer.Option(
+        "--nproc", min=1, help="processes sharing the encoding (torch.distributed)")] = 1,
     progress: ProgressOption = True,
 ) -> None:
     """Encode every image of a source with a trained run; writes ±1 codes as .npy."""
+    from contrahash.distributed import context, is_distributed
+
+    if nproc > 1 and not is_distributed():
+        relaunch(nproc)
+        return
     from contrahash.codes_io import check_output_path, write_codes
     from contrahash.config import resolve_config
     from contrahash.encode import encode_run
@@ -132,6 +117,8 @@ def encode_command(
     check_output_path(out)  # before any encoding: a bad --out fails at once
     codes, dataset = encode_run(run_dir, data, str(image_root) if image_root else None, device,
                                 progress=progress_display(progress))
+    if not context().is_main:
+        return
     k = bits if bits is not None else max(codes)
     written = write_codes(out, codes[k], dataset, run_dir)
     console.print(f"wrote {codes[k].shape[0]} × {k}-bit codes to {out} "
