@@ -350,3 +350,14 @@ def test_a_run_directory_has_one_writer(tmp_path):
     cfg = _cfg(tmp_path, "method=itq")
     with DirectoryLock(tmp_path / "run", what="run"), pytest.raises(LockedError, match="one writer"):
         train_run(cfg, tmp_path / "run")
+
+
+def test_methods_with_one_recipe_share_the_cached_views(tmp_path):
+    """FDBH's three contrastive views and CIBHash's two are the same cached array."""
+    train_run(_cfg(tmp_path, "method=cibhash", "optim.epochs=1"), tmp_path / "a")
+    train_run(_cfg(tmp_path, "method=fdbh", "method_config.neighbour_pool=train",
+                   "optim.epochs=1"), tmp_path / "b")
+    import json as _json
+
+    kinds = [_json.loads(p.read_text())["kind"] for p in (tmp_path / "cache").glob("*.json")]
+    assert sorted(kinds) == ["clean", "views"]

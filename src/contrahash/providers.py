@@ -223,8 +223,11 @@ class CachedViews(FeatureProvider):
         augmenters = view_augmenters(method.augmentation, self.model.image_size, method.n_views)
         recipes = [a.recipe for a in augmenters]
         self.recipes = len(set(recipes))
-        key = self.feature_key("views", views=v, recipes=recipes, augment=cfg.augment,
-                               train=hash_indices(train), view_seed=cfg.seed)
+        # the key names the recipes' cycle, not one per view position: FDBH's three views and
+        # CIBHash's two of one recipe share one cache (view j uses recipe j mod the cycle)
+        key = self.feature_key("views", views=v, recipes=recipe_cycle(recipes),
+                               augment=cfg.augment, train=hash_indices(train),
+                               view_seed=cfg.seed)
 
         shape = (len(train), v, *self.probe_shape())
         with self.progress.phase("augmented views of the training images",
@@ -392,9 +395,9 @@ class BlockCache(FeatureProvider):
         augmenters = view_augmenters(method.augmentation, self.model.image_size, method.n_views)
         recipes = [a.recipe for a in augmenters]
         self.recipes = len(set(recipes))
-        key = self.feature_key("block-views", blocks=self.blocks, views=v, recipes=recipes,
-                               augment=cfg.augment, train=hash_indices(train),
-                               view_seed=cfg.seed)
+        key = self.feature_key("block-views", blocks=self.blocks, views=v,
+                               recipes=recipe_cycle(recipes), augment=cfg.augment,
+                               train=hash_indices(train), view_seed=cfg.seed)
         shape = (len(train), v, *self.model.backbone.block_input_shape(self.blocks))
         with self.progress.phase("block inputs of the training views", len(train) * v) as phase:
 
@@ -620,6 +623,19 @@ def with_overrides(augmenter: Any, overrides: dict[str, Any]) -> Any:
     from contrahash.augment import BatchAugment
 
     return BatchAugment(augmenter.recipe, augmenter.size, **overrides)
+
+
+def recipe_cycle(recipes: list[str]) -> list[str]:
+    """The shortest list whose repetition gives ``recipes``: the views a cache holds depend
+    only on it (``["contrastive"] * 3`` → ``["contrastive"]``).
+
+    >>> recipe_cycle(["a", "b", "a", "b"]), recipe_cycle(["c", "c", "c"])
+    (['a', 'b'], ['c'])
+    """
+    for period in range(1, len(recipes) + 1):
+        if all(recipes[i] == recipes[i % period] for i in range(len(recipes))):
+            return recipes[:period]
+    return recipes
 
 
 def tensor_view(array: np.ndarray) -> torch.Tensor:
