@@ -533,3 +533,12 @@ def test_overridden_report_says_the_description_is_the_full_grids(tmp_path):
     line = next(x for x in md.splitlines() if "224 px" in x)
     assert "the --quick preset (optim.epochs=2, backbone.image_size=16) and the overrides " \
            "`cache.views=2`" in line
+
+
+def test_seed_placeholder_reaches_row_values(tmp_path):
+    grid = parse_grid({"base": {"data": {"source": "digits"}}, "seeds": [3, 4],
+                       "methods": {"itq": {"method": "itq",
+                                           "method_config": {"seed": "${seed}"}}}})
+    cells = bench.enumerate_cells(grid, tmp_path)
+    assert [c.config.method_config["seed"] for c in cells] == [3, 4]
+    assert [c.config.seed for c in cells] == [3, 4]

@@ -18,6 +18,7 @@ A grid file (YAML) names a shared base config and the rows of the paper's table:
       backbone.image_size: 64
       optim.epochs: 10
     quick_skip: [fdbh-ft] # rows --quick leaves out (e.g. they only differ by what it turns off)
+    # "${seed}" as a value is replaced by each cell's seed, e.g. itq: {method_config: {seed: "${seed}"}}
     out_dir: results/cifar10-1   # optional default for --out
 
 A *cell* is one row × one seed; one training run covers every code length of its row (the

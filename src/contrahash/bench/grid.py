@@ -49,6 +49,8 @@ _GRID_OWNED = {
     "name": "each cell's run is named <label>-seed<s> by the grid",
     "out_dir": "use --out to choose where the grid writes",
 }
+#: a grid value replaced by each cell's seed
+SEED_PLACEHOLDER = "${seed}"
 _LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
@@ -232,6 +234,7 @@ def cell_config(grid: Grid, label: str, seed: int, *, quick: bool = False,
             if ".".join(keys) in _GRID_OWNED:
                 raise GridError(f"override '{text}': {_GRID_OWNED['.'.join(keys)]}")
             merge_value(values, keys, value)
+        values = _with_seed(values, seed)
         values["seed"] = seed
         values["name"] = f"{label}-seed{seed}"
         values["out_dir"] = str(Path(out_dir) / "runs")
@@ -239,6 +242,18 @@ def cell_config(grid: Grid, label: str, seed: int, *, quick: bool = False,
         return resolve_config(None, [], base=values)
     except ConfigError as exc:
         raise GridError(f"{where}: row '{label}' (seed {seed}): {exc}") from None
+
+
+def _with_seed(value: Any, seed: int) -> Any:
+    """``"${seed}"`` anywhere in a cell's values becomes the cell's seed (e.g. the rotation
+    seed of a training-free method, which the training seed does not reach)."""
+    if value == SEED_PLACEHOLDER:
+        return seed
+    if isinstance(value, dict):
+        return {k: _with_seed(v, seed) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_with_seed(v, seed) for v in value]
+    return value
 
 
 def enumerate_cells(grid: Grid, out_dir: str | os.PathLike, *, quick: bool = False,
