@@ -26,10 +26,11 @@ def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE.parent / "src")}
 
 
-@pytest.mark.parametrize("method", ["fdbh", "cibhash"])
+@pytest.mark.parametrize("method", ["fdbh", "cibhash", "cibhash-finetune"])
 def test_two_processes_with_half_batches_take_the_single_process_step(method, tmp_path):
     """One optimisation step with 2 processes × B/2 gives the loss and the updated parameters
-    of 1 process × B on the same inputs (tolerance 1e-5)."""
+    of 1 process × B on the same inputs (tolerance 1e-5) — on backbone features, and through
+    a fine-tuned backbone whose BatchNorm layers normalise with the global batch."""
     script = str(HERE / "workers" / "one_step.py")
     single = tmp_path / "single.npz"
     subprocess.run([sys.executable, script, method, str(single)], check=True, env=_env(),

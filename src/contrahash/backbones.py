@@ -147,6 +147,11 @@ class Backbone(nn.Module):
             self._block_list = self._build_blocks()
         return list(self._block_list)
 
+    def refresh_blocks(self) -> None:
+        """Rebuild :meth:`blocks` from the current sub-modules (after modules were replaced,
+        e.g. BatchNorm layers converted for distributed training)."""
+        self._block_list = None
+
     def set_finetune(self, n: int) -> Backbone:
         """Train the last ``n`` blocks (0: frozen, -1: every parameter), freeze the rest."""
         blocks = self.blocks()

@@ -35,8 +35,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-__all__ = ["BatchGroup", "DistributedContext", "context", "init_from_env", "is_distributed",
-           "share_pieces"]
+__all__ = ["BatchGroup", "DistributedContext", "GlobalBatchNorm2d", "context", "global_batchnorm",
+           "init_from_env", "is_distributed", "share_pieces"]
 
 
 def is_distributed() -> bool:
@@ -269,3 +269,53 @@ class BatchGroup:
         sim = sim.masked_fill(own, float("-inf"))  # an anchor is not its own negative
         target = torch.cat([local[n:], local[:n]])
         return F.cross_entropy(sim, target, reduction="sum") / (2 * total)
+
+
+class GlobalBatchNorm2d(torch.nn.BatchNorm2d):
+    """``BatchNorm2d`` whose training-mode statistics are the global batch's: per-channel sums
+    all-reduced over the processes with gradient (what ``SyncBatchNorm`` does on CUDA, which
+    refuses CPU modules). In eval mode, or in one process, it is ``BatchNorm2d``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or not dist.is_initialized() or dist.get_world_size() == 1:
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        world = dist.get_world_size()
+        count = x.numel() // x.shape[1] * world
+        dims = (0, 2, 3)
+        xf = x.float()
+        with _quiet():
+            mean = all_reduce(xf.sum(dims), op=dist.ReduceOp.SUM) / count
+            centred = xf - mean[None, :, None, None]
+            var = all_reduce(centred.pow(2).sum(dims), op=dist.ReduceOp.SUM) / count
+        if self.track_running_stats and self.running_mean is not None:
+            with torch.no_grad():
+                momentum = self.momentum if self.momentum is not None else 0.1
+                self.running_mean.mul_(1 - momentum).add_(momentum * mean.detach())
+                unbiased = var.detach() * count / max(1, count - 1)
+                self.running_var.mul_(1 - momentum).add_(momentum * unbiased)
+                self.num_batches_tracked.add_(1)
+        y = centred / torch.sqrt(var + self.eps)[None, :, None, None]
+        if self.affine:
+            y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+        return y.to(x.dtype)
+
+
+def global_batchnorm(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Make every ``BatchNorm2d`` of ``module`` compute global-batch statistics in training:
+    ``SyncBatchNorm`` on CUDA, :class:`GlobalBatchNorm2d` on the CPU. Parameters, buffers and
+    state-dict names are kept."""
+    if device.type == "cuda":
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    for name, child in list(module.named_children()):
+        if type(child) is torch.nn.BatchNorm2d:
+            new = GlobalBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
+                                    child.track_running_stats, device=device)
+            new.load_state_dict(child.state_dict())
+            new.requires_grad_(any(p.requires_grad for p in child.parameters()))
+            new.train(child.training)
+            setattr(module, name, new)
+        else:
+            global_batchnorm(child, device)
+    return module

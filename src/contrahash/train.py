@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from contrahash.config import TrainConfig, expand_source
-from contrahash.distributed import BatchGroup, context
+from contrahash.distributed import BatchGroup, context, global_batchnorm
 from contrahash.features import FeatureCache
 from contrahash.methods.base import HashMethod, OptimSpec, StepInfo
 from contrahash.model import HashingModel, build_model, select_device
@@ -382,6 +382,9 @@ class Trainer:
         self.model: HashingModel = build_model(cfg, self.device)
         if self.ctx.world_size > 1 and self.model.method.trainable:  # fit-only methods: fine
             self.model.method.check_distributed()
+            if not self.model.frozen:  # fine-tuned blocks normalise with the global batch
+                global_batchnorm(self.model.backbone, self.device)
+                self.model.backbone.refresh_blocks()
         self.provider: FeatureProvider = make_provider(
             self.model, self.dataset, self.split, cfg,
             self.shared_cache or FeatureCache(cfg.cache.dir), self.progress)

@@ -1,9 +1,12 @@
 """One optimisation step of a method, in one process of a gloo group (or alone).
 
 Run by tests/test_distributed.py: ``python one_step.py METHOD OUT.npz [RANK WORLD PORT]``.
-Every process builds the same method, optimiser and global batch (fixed seeds), takes its
-slice of rows, computes its share of the loss, sums gradients over the group and steps;
-rank 0 (or the single process) saves the global loss and the updated parameters.
+Every process builds the same method (and backbone), optimiser and global batch (fixed
+seeds), takes its slice of rows, computes its share of the loss, sums gradients over the
+group and steps; rank 0 (or the single process) saves the global loss, the gradients and the
+updated parameters. The step is SGD: Adam's first step is lr·sign(g), which would turn
+float-noise differences of near-zero gradients into ±lr; the saved gradients are what Adam
+would get.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from contrahash.distributed import BatchGroup, DistributedContext
+from contrahash.backbones import build_backbone
+from contrahash.distributed import BatchGroup, DistributedContext, global_batchnorm
 from contrahash.methods import StepInfo, build_method
 from contrahash.train import make_optimizer, resolve_optim
 
@@ -22,6 +26,7 @@ GLOBAL_BATCH, DIM = 16, 24
 CONFIGS = {
     "fdbh": {"neighbour_mode": "extra"},  # three views: the neighbour term is covered too
     "cibhash": {},
+    "cibhash-finetune": {},  # through a fine-tuned backbone's BatchNorm layers
 }
 
 
@@ -35,27 +40,45 @@ def main() -> None:
                                 rank=rank, world_size=world)
         group = BatchGroup(DistributedContext(rank, world, 0, "gloo"), GLOBAL_BATCH)
     torch.manual_seed(0)
-    method = build_method(name, DIM, [8, 16], CONFIGS[name])
+    backbone = None
+    if name.endswith("-finetune"):
+        backbone = build_backbone("tiny_cnn", random_init=True, finetune_blocks=2, image_size=16)
+        if group is not None:
+            global_batchnorm(backbone, torch.device("cpu"))
+            backbone.refresh_blocks()
+        backbone.train()
+    dim = backbone.feature_dim if backbone is not None else DIM
+    method = build_method(name.removesuffix("-finetune"), dim, [8, 16], CONFIGS[name])
+    params = [p for p in list(method.parameters())
+              + (list(backbone.parameters()) if backbone is not None else []) if p.requires_grad]
     spec = resolve_optim(method, {"name": "sgd", "lr": 0.05, "momentum": 0.9})
-    optimizer = make_optimizer(spec, list(method.parameters()))
+    optimizer = make_optimizer(spec, params)
     g = torch.Generator().manual_seed(1)
-    views = [torch.randn(GLOBAL_BATCH, DIM, generator=g).abs() for _ in range(method.n_views)]
+    shape = (3, 16, 16) if backbone is not None else (DIM,)
+    views = [torch.rand(GLOBAL_BATCH, *shape, generator=g) for _ in range(method.n_views)]
     if group is not None:
         views = [group.shard(v) for v in views]
+    if backbone is not None:  # all views through the backbone at once, as the trainer does
+        views = list(backbone(torch.cat(views)).chunk(method.n_views))
     method.train()
-    out_loss = method.training_loss(views, StepInfo(epoch=0, epochs=2, step=0, steps_per_epoch=3,
-                                                    group=group))
+    step = StepInfo(epoch=0, epochs=2, step=0, steps_per_epoch=3, group=group)
+    result = method.training_loss(views, step)
     optimizer.zero_grad()
-    out_loss.loss.backward()
-    loss = out_loss.loss.detach()
+    result.loss.backward()
+    loss = result.loss.detach()
     if group is not None:
-        group.sum_grads(method.parameters())
+        group.sum_grads(params)
         (loss,) = group.sum_values([loss])
-    grads = {f"grad.{k}": p.grad.numpy().copy() for k, p in method.named_parameters()
-             if p.grad is not None}
+    named = list(method.named_parameters())
+    if backbone is not None:
+        named += [(f"backbone.{k}", p) for k, p in backbone.named_parameters()]
+    grads = {f"grad.{k}": p.grad.numpy().copy() for k, p in named if p.grad is not None}
     optimizer.step()
     if rank == 0:
         state = {k: v.detach().numpy() for k, v in method.state_dict().items()}
+        if backbone is not None:  # BatchNorm running statistics included
+            state.update({f"backbone.{k}": v.detach().numpy()
+                          for k, v in backbone.state_dict().items()})
         np.savez(out, loss=loss.numpy(), **state, **grads)
     if group is not None:
         dist.destroy_process_group()
