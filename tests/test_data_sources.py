@@ -151,7 +151,7 @@ def test_folder_structural_errors(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         load_source(tmp_path / "nowhere")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="no class folders"):
+    with pytest.raises(DataError, match="no images"):
         load_source(tmp_path / "empty")
     (tmp_path / "hollow" / "a").mkdir(parents=True)
     with pytest.raises(DataError, match="empty dataset"):
@@ -233,8 +233,8 @@ def test_list_file_label_must_be_binary(tmp_path):
 
 
 def test_list_file_other_structural_errors(tmp_path):
-    lst, images = _list_fixture(tmp_path, ["x.jpg"])
-    with pytest.raises(DataError, match=r"database.txt:1: .*found no labels"):
+    lst, images = _list_fixture(tmp_path, ["x.jpg 1", "y.jpg"])
+    with pytest.raises(DataError, match=r"database.txt:2: wrong number of labels"):
         load_source(lst, image_root=images)
     lst.write_text("# only a comment\n")
     with pytest.raises(DataError, match="no entries"):
@@ -444,3 +444,54 @@ def test_large_folders_load_lazily(tmp_path, monkeypatch):
     small = load_source(root, store_size=12)
     assert isinstance(small.images, LazyImages)
     assert torch.equal(small.images[:], load_source(root, lazy=False).images[:])
+
+
+# --- sources without labels -----------------------------------------------------------------
+
+
+def test_flat_folder_single_image_and_path_list_are_unlabelled_sources(tmp_path):
+    from contrahash.data.images import decode_like_source
+
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i in range(3):
+        _save(flat / f"p{i}.png", _rgb(12, 12, seed=i))
+    (flat / "notes.txt").write_text("not an image")
+    ds = _quiet_load(flat)
+    assert len(ds) == 3 and ds.labels.shape == (3, 0) and ds.class_names == []
+    assert [Path(p).name for p in ds.paths] == ["p0.png", "p1.png", "p2.png"]
+    one = load_source(flat / "p1.png")
+    assert len(one) == 1 and np.array_equal(np.asarray(one.images[0]), np.asarray(ds.images[1]))
+    lst = tmp_path / "paths.txt"
+    lst.write_text("p2.png\np0.png\n")
+    listed = load_source(lst, image_root=flat)
+    assert listed.labels.shape == (2, 0)
+    assert np.array_equal(np.asarray(listed.images[0]), np.asarray(ds.images[2]))
+    # an outside copy of a file decodes to the very pixels the source stored
+    data = (flat / "p0.png").read_bytes()
+    assert np.array_equal(decode_like_source(data, ds.decoding), np.asarray(ds.images[0]))
+
+
+def test_decode_like_source_follows_the_source_and_refuses_bad_files(tmp_path, packed_npz):
+    from contrahash.data.images import decode_like_source
+
+    path, files, _ = packed_npz
+    ds = load_source(path, cache_dir=tmp_path / "cache")
+    for i in (0, 5, 23):
+        assert np.array_equal(decode_like_source(files[i], ds.decoding), np.asarray(ds.images[i]))
+    mixed = tmp_path / "mixed"
+    (mixed / "a").mkdir(parents=True)
+    _save(mixed / "a" / "big.png", _rgb(40, 30, seed=1))
+    _save(mixed / "a" / "small.png", _rgb(10, 20, seed=2))
+    resized = _quiet_load(mixed, store_size=16)  # mixed sizes: stored at 16 x 16 (Pillow)
+    assert resized.decoding == {"decoder": "pil", "resize": "pil", "size": 16}
+    got = decode_like_source((mixed / "a" / "big.png").read_bytes(), resized.decoding)
+    assert np.array_equal(got, np.asarray(resized.images[0]))
+    for bad, reason in ((b"", "empty"), (b"plain text", "not an image"),
+                        (files[0][: len(files[0]) // 2], "not an image|decode")):
+        with pytest.raises(ValueError, match=reason):
+            decode_like_source(bad, ds.decoding)
+    bomb = io.BytesIO()
+    Image.new("L", (5000, 5000)).save(bomb, format="PNG")
+    with pytest.raises(ValueError, match="pixels"):
+        decode_like_source(bomb.getvalue(), None, max_pixels=1_000_000)
