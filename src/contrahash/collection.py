@@ -122,8 +122,10 @@ def _join(device: str | None) -> Any:
 def _build(run_dir: Path, data: str, out: Path, chosen: list[int], image_root: str | None,
            device: str | None, backend: dict[str, Any], progress: Progress,
            ctx: Any) -> dict[str, Any]:
-    if ctx.is_main:
+    if ctx.is_main:  # no manifest yet: whatever is here is an interrupted build's leftover
         _sweep(out)
+        for leftover in ("model", "segments"):
+            shutil.rmtree(out / leftover, ignore_errors=True)
         _stage_dir(out / "model", lambda tmp: _copy_model(run_dir, tmp))
     ctx.barrier()
     cfg, model = _load_model(out, device)

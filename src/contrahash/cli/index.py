@@ -378,7 +378,8 @@ def search_command(
     an index file (ranked by Hamming distance, ties by id)."""
     if target.is_dir():
         if queries is not None:
-            fail(f"{target} is a collection: search it with --image FILE or --id N")
+            fail(f"{target} is a directory: query codes search an index file (index build "
+                 "CODES --out FILE); a collection directory is searched with --image or --id")
         search_collection(target, image, item_id, k, bits, as_json)
         return
     if queries is None:

@@ -1,8 +1,9 @@
 """Showing the library's progress events: a live bar on a terminal, plain lines elsewhere.
 
 On a terminal each phase gets a rich progress bar with its rate; in CI, logs or ``nohup`` a
-line is printed when a phase starts, every ``CONTRAHASH_PROGRESS_SECONDS`` (default 10)
-while it runs, and when it ends — so a long phase is never silent.
+line is printed every ``CONTRAHASH_PROGRESS_SECONDS`` (default 10) while a phase runs and
+one when it ends (phases under a second print nothing) — so a long phase is never silent and
+a short one costs one line.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def _eta(event: ProgressEvent) -> str:
 
 
 class _PlainLines:
-    """One line at a phase's start, every ``interval`` seconds, and at its end."""
+    """A line every ``interval`` seconds while a phase runs, and one at its end."""
 
     def __init__(self, stream: Any, interval: float) -> None:
         self.stream = stream
@@ -66,9 +67,7 @@ class _PlainLines:
             return
         if key not in self.last:
             self.last[key] = now
-            if event.done == 0:
-                self._print(f"{_describe(event)} — started")
-                return
+            return
         if now - self.last[key] >= self.interval:
             self.last[key] = now
             self._print(_describe(event) + _eta(event))
