@@ -8,7 +8,8 @@ Layout::
     split/              query.txt database.txt train.txt split.json (with sha256 of each list)
     events.jsonl        start/neighbours/resume/finished events; metrics.jsonl: one line per epoch
     neighbours.npz      the latest mined neighbours (methods with neighbour positives)
-    checkpoint.safetensors + checkpoint_state.pt   last finished epoch (atomic)
+    checkpoint.json     names the last finished epoch's checkpoint-NNNNN.safetensors (weights)
+                        and checkpoint-NNNNN.pt (optimiser and RNG state), written as a unit
     model.safetensors   final weights (method heads + fine-tuned backbone blocks)
     codes/<bits>.npz    query/database codes (±1 int8), labels and dataset indices
     results.json        mAP@K, P@N, P@r2, PR curve and bit statistics per code length
@@ -36,11 +37,10 @@ import yaml
 from contrahash.config import TrainConfig, config_to_dict, resolve_config
 from contrahash.io import append_jsonl, atomic_write, write_json, write_npz, write_text
 
-__all__ = ["CHECKPOINT", "CHECKPOINT_STATE", "MODEL", "RESUME_OVERRIDES", "RunDirectory",
-           "RunStateError"]
+__all__ = ["CHECKPOINT", "MODEL", "RESUME_OVERRIDES", "RunDirectory", "RunStateError"]
 
-CHECKPOINT = "checkpoint.safetensors"
-CHECKPOINT_STATE = "checkpoint_state.pt"
+#: names the last checkpoint's pair of files (checkpoint-NNNNN.safetensors and .pt)
+CHECKPOINT = "checkpoint.json"
 MODEL = "model.safetensors"
 RESULTS = "results.json"
 #: config keys a resume may change: training longer, and where or how fast it runs
@@ -222,28 +222,36 @@ class RunDirectory:
     # -- weights -------------------------------------------------------------------------
     def save_checkpoint(self, weights: dict[str, torch.Tensor], state: dict[str, Any],
                         epoch: int) -> None:
-        """Weights, then the optimiser/RNG state naming the epoch: a crash between leaves
-        the older epoch number, and a resume re-runs that epoch from its own seed."""
+        """The last finished epoch's weights and optimiser/RNG state, as one unit: both files
+        are written under the epoch's name, then ``checkpoint.json`` is pointed at them (an
+        atomic replace, the commit point), then the previous pair is removed. A crash at any
+        moment leaves a complete pair that the pointer names."""
         if not self.writer:
             return
-        save_safetensors(self.path / CHECKPOINT, weights, {"epoch": str(epoch)})
-        atomic_write(self.path / CHECKPOINT_STATE, lambda f: torch.save({**state, "epoch": epoch}, f))
+        name = f"checkpoint-{epoch:05d}"
+        save_safetensors(self.path / f"{name}.safetensors", weights, {"epoch": str(epoch)})
+        atomic_write(self.path / f"{name}.pt", lambda f: torch.save({**state, "epoch": epoch}, f))
+        write_json(self.path / CHECKPOINT, {"epoch": epoch, "weights": f"{name}.safetensors",
+                                            "state": f"{name}.pt"})
+        for old in self.path.glob("checkpoint-*"):
+            if not old.name.startswith(name):
+                old.unlink(missing_ok=True)
 
     def load_checkpoint(self, device: torch.device | str = "cpu"
                         ) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
         """(weights, state) of the last finished epoch, or None when there is none."""
-        weights, state_path = self.path / CHECKPOINT, self.path / CHECKPOINT_STATE
-        if not (weights.exists() and state_path.exists()):
+        pointer = self.read_json(CHECKPOINT)
+        if not pointer:
             return None
-        from safetensors import safe_open
-
-        with safe_open(str(weights), framework="pt") as f:
-            weights_epoch = int((f.metadata() or {}).get("epoch", -1))
+        weights, state_path = self.path / pointer["weights"], self.path / pointer["state"]
+        if not (weights.is_file() and state_path.is_file()):
+            raise RunStateError(f"{self.path}: {CHECKPOINT} names {weights.name} and "
+                                f"{state_path.name}, which are missing; the checkpoint is lost "
+                                "(start the run again)")
         state = torch.load(state_path, weights_only=False, map_location="cpu")
-        if weights_epoch != state["epoch"]:
-            raise RunStateError(
-                f"{self.path}: checkpoint weights (epoch {weights_epoch}) and state (epoch "
-                f"{state['epoch']}) disagree; delete both to restart")
+        if state["epoch"] != pointer["epoch"]:
+            raise RunStateError(f"{self.path}: {state_path.name} holds epoch {state['epoch']}, "
+                                f"{CHECKPOINT} says {pointer['epoch']}; start the run again")
         return load_safetensors(weights, device), state
 
     def save_model(self, weights: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
