@@ -18,8 +18,12 @@ from __future__ import annotations
 import argparse
 import os
 
-import numpy as np
-from _timing import best_time
+from contrahash.runtime import apply_thread_policy
+
+apply_thread_policy()  # before faiss and torch load their OpenMP runtimes, as the CLI does
+
+import numpy as np  # noqa: E402
+from _timing import best_time  # noqa: E402
 
 
 def other_backends(args, db: np.ndarray, queries: np.ndarray) -> None:

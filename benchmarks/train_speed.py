@@ -5,7 +5,9 @@
 Synthetic 32×32 uint8 images (CIFAR-sized) live on the device; each step takes a batch,
 makes two augmented 224 px views per image (the batched GPU recipe), runs the frozen backbone
 once on both views (bf16, channels-last on CUDA) and trains a CIBHash head — the trainer's own
-code path (`make_image_forward` + `run_epoch`). Images/s counts images, not views.
+code path (`providers.make_image_forward` + `train.run_epoch`). Images/s counts images, not
+views. The process's thread policy (contrahash.runtime) is applied before torch loads, as the
+CLI does.
 Final line: ``train_img_per_s=<x> encode_img_per_s=<y>`` (+ ``cache_head_img_per_s=<z>`` on CPU).
 """
 
@@ -14,20 +16,25 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
-import torch
+from contrahash.runtime import apply_thread_policy
 
-from contrahash.augment import test_transform, view_augmenters
-from contrahash.backbones import build_backbone
-from contrahash.features import (
+apply_thread_policy()  # before torch loads: OpenMP's wait policy is read once, at start-up
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from contrahash.augment import test_transform, view_augmenters  # noqa: E402
+from contrahash.backbones import build_backbone  # noqa: E402
+from contrahash.features import (  # noqa: E402
     autocast_dtype,
     autocast_for,
     backbone_inputs,
     default_eval_batch_size,
 )
-from contrahash.methods import OptimSpec, StepInfo, build_method
-from contrahash.runtime import tune_cpu_allocator
-from contrahash.train import make_image_forward, make_optimizer, run_epoch, train_on_features
+from contrahash.methods import OptimSpec, StepInfo, build_method  # noqa: E402
+from contrahash.providers import Epoch, make_image_forward  # noqa: E402
+from contrahash.runtime import tune_cpu_allocator  # noqa: E402
+from contrahash.train import make_optimizer, run_epoch, train_on_features  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -85,11 +92,11 @@ def main() -> None:
             yield [images[rows], images[rows]], rows
 
     trainables = (backbone,) if args.finetune_blocks else ()
-    run_epoch(method, optimizer, batches(5 if device.type == "cuda" else 1), StepInfo(),
-              forward, trainables=trainables)  # warm-up (cudnn autotune, compile)
+    warm = Epoch(batches(5 if device.type == "cuda" else 1), forward, trainables)
+    run_epoch(method, optimizer, warm, StepInfo())  # warm-up (cudnn autotune, compile)
     _sync(device)
     t = time.perf_counter()
-    run_epoch(method, optimizer, batches(steps), StepInfo(), forward, trainables=trainables)
+    run_epoch(method, optimizer, Epoch(batches(steps), forward, trainables), StepInfo())
     _sync(device)
     train_rate = steps * args.batch / (time.perf_counter() - t)
     dtype = autocast_dtype(device, args.amp)
