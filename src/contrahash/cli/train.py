@@ -132,5 +132,11 @@ def demo_command(
 ) -> None:
     """Train FDBH on the embedded digits (CPU, minutes), compare with ITQ and LSH, draw results."""
     from contrahash.demo import run_demo
+    from contrahash.runtime import apply_thread_policy, thread_settings
+
+    if (thread_settings()["policy"] or {}).get("source", "default") == "default":
+        # tiny models: one thread is fastest, idle or busy, and keeps the demo's numbers the
+        # same on every machine (results at one seed depend on the thread count)
+        apply_thread_policy(1)
 
     run_demo(out_dir, epochs=epochs, console=console)
