@@ -22,7 +22,8 @@ PROBE = textwrap.dedent("""
     from contrahash.runtime import apply_thread_policy, thread_settings
     arg = None if sys.argv[1] == "-" else sys.argv[1]
     policy = apply_thread_policy(int(arg) if arg and arg.isdigit() else arg)
-    env_after_policy = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
+    env_after_policy = {k: os.environ.get(k)
+                        for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     import torch
     info = torch.__config__.parallel_info()
     omp_line = [l for l in info.splitlines() if "omp_get_max_threads" in l][0]
@@ -52,15 +53,16 @@ def probe(arg: str | None = None, **env: str) -> dict:
 def test_default_sets_variables_before_torch_starts() -> None:
     r = probe()
     n = cpu_affinity_count()
-    assert r["env_after_policy"] == {"OMP_NUM_THREADS": str(n), "OMP_WAIT_POLICY": "PASSIVE"}
-    assert r["policy"] == {"threads": n, "source": "default", "wait_policy": "PASSIVE",
-                           "effective": True}
+    assert r["env_after_policy"] == {"OMP_NUM_THREADS": str(n), "OMP_WAIT_POLICY": None,
+                                     "GOMP_SPINCOUNT": "10000"}
+    assert r["policy"] == {"threads": n, "source": "default",
+                           "wait_policy": "GOMP_SPINCOUNT=10000", "effective": True}
     # torch's own OpenMP runtime started with the count from the environment
     assert r["torch_threads"] == n and r["torch_omp_max_threads"] == n
     assert r["faiss_threads"] == n
     s = r["settings"]
     assert s["torch_intra_op"] == n and s["faiss_omp"] == n and s["cpu_affinity"] == n
-    assert s["env"]["OMP_WAIT_POLICY"] == "PASSIVE" and s["policy"]["source"] == "default"
+    assert s["env"]["GOMP_SPINCOUNT"] == "10000" and s["policy"]["source"] == "default"
 
 
 def test_contrahash_threads_and_argument_override_the_default() -> None:
@@ -82,12 +84,14 @@ def test_argument_beats_contrahash_threads() -> None:
 def test_user_set_variables_win_over_the_default() -> None:
     r = probe(OMP_NUM_THREADS="1", OMP_WAIT_POLICY="active")
     assert r["policy"]["source"] == "OMP_NUM_THREADS" and r["policy"]["threads"] == 1
-    assert r["env_after_policy"] == {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "active"}
+    assert r["env_after_policy"] == {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "active",
+                                     "GOMP_SPINCOUNT": None}
     assert r["torch_threads"] == 1 and r["faiss_threads"] == 1
-    # a user-chosen spin count means the user chose the waiting: no wait policy is added
-    r = probe(GOMP_SPINCOUNT="10000")
+    # a user-chosen spin count means the user chose the waiting: it is kept as it is
+    r = probe(GOMP_SPINCOUNT="0")
     assert r["env_after_policy"]["OMP_WAIT_POLICY"] is None
-    assert r["settings"]["env"]["GOMP_SPINCOUNT"] == "10000"
+    assert r["settings"]["env"]["GOMP_SPINCOUNT"] == "0"
+    assert r["policy"]["wait_policy"] == "GOMP_SPINCOUNT=0"
     # the explicit contrahash count replaces OMP_NUM_THREADS (the more specific request)
     r = probe(OMP_NUM_THREADS="3", CONTRAHASH_THREADS="1")
     assert r["torch_threads"] == 1 and r["env_after_policy"]["OMP_NUM_THREADS"] == "1"
@@ -137,8 +141,8 @@ def test_late_calls_keep_the_callers_torch_count_or_set_the_runtime_counts() -> 
     assert kept == [1, "torch", False, 1, 1]
     assert late[0] == 2 and "torch" in late[1]
     assert counts == [2, 2]
-    assert recorded == {"threads": 2, "source": "argument", "wait_policy": "PASSIVE",
-                        "wait_policy_effective": False}
+    assert recorded == {"threads": 2, "source": "argument",
+                        "wait_policy": "GOMP_SPINCOUNT=10000", "wait_policy_effective": False}
 
 
 def test_importing_the_cli_does_not_initialise_torch() -> None:

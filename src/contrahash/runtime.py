@@ -51,16 +51,32 @@ encode img/s: defaults 4.8/23.4 and 6.6/13.8 (bg), 6.0/13.0 and 4.2/11.1 (+hog);
 16.6/35.1 (bg), 8.4/14.3 and 10.0/23.5 (+hog).
 
 Reading: spinning is the collapse (3.5–9× the 1-thread time); a passive wait (or a zero spin
-count, the same thing in libgomp) removes it — PASSIVE with 2 threads stays within 1.1–1.5× of
-1 thread on the small demo and matches or beats it on faiss and EfficientNet; its demo time
-with the extra hog is 1.6–2.5× its time without (1 thread: 2.0–2.9×). One thread is best for tiny
-models (the digits demo) on a busy machine, but gives away the second core for large
-convolutions and faiss scans whenever the machine has room (not measurable here: no idle
-period occurred). Hence the default: **every CPU of the affinity mask, OMP_WAIT_POLICY=PASSIVE**
-— deterministic per machine (the thread count changes results at a fixed seed, so it must
-not depend on momentary load) — and ``CONTRAHASH_THREADS=1`` / ``--threads 1`` for small
-models on shared machines. The wait policy only takes effect if set before torch (and faiss)
-are imported; :func:`thread_settings` records whether it did.
+count, the same thing in libgomp) removes it under load.
+
+Then on a quiet machine (this session's 2-core Intel Xeon with AMX, nothing else running;
+``benchmarks/train_speed.py --backbone efficientnet_lite0 --random-init --steps 6`` and
+``benchmarks/search_speed.py --rounds 2 --ks 10``, idle and beside one busy process):
+
+==================  ======================================  =====================================
+GOMP_SPINCOUNT      idle: train / encode / cache-head img/s  busy: train / encode / cache-head img/s
+                    faiss k=10 q/s                           faiss k=10 q/s
+==================  ======================================  =====================================
+0 (= PASSIVE)       64.0 / 133 / 4,983 — 3,075              38.0 / 70 / 3,440 — 1,801
+1,000               66.9 / 148 / 5,930 — 3,632              36.9 / 79 / 3,374 — 1,671
+10,000              74.0 / 142 / 7,191 — 3,633              33.9 / 72 / 2,158 — 1,426
+300,000 (default)   63.3 / 156 / 7,709 — 3,643              24.7 / 49 / 879 — 391
+==================  ======================================  =====================================
+
+A zero spin count costs the small-op paths a third of their idle speed (head training from
+cached features: 4,983 vs 7,709 img/s; faiss 3,075 vs 3,643 q/s) because every parallel
+region then wakes sleeping threads through the kernel; 10,000 spins (tens of microseconds)
+keep the idle speed of the default and still hold 2.5–3.6× the default's speed under load.
+Hence the default: **every CPU of the affinity mask, GOMP_SPINCOUNT=10000** — deterministic
+per machine (the thread count changes results at a fixed seed, so it must not depend on
+momentary load) — and one thread for tiny models (``contrahash demo`` runs on one unless
+asked: 25 s idle, 26 s beside a busy process, against 19 s and 240 s with the old default).
+The setting only takes effect if made before torch (and faiss) are imported;
+:func:`thread_settings` records whether it did.
 """
 
 from __future__ import annotations
@@ -81,8 +97,9 @@ _tuned: bool | None = None
 
 #: the default thread count; None = every CPU of the affinity mask (see the module docs)
 DEFAULT_THREADS: int | None = None
-#: the OpenMP wait policy set when the user set none
-WAIT_POLICY = "PASSIVE"
+#: libgomp's spin count set when the user set no wait policy: spin this many iterations
+#: (tens of microseconds), then sleep (see the module docs for the measurements)
+SPIN_COUNT = "10000"
 
 
 def tune_cpu_allocator() -> bool:
@@ -134,7 +151,8 @@ class ThreadPolicy:
     #: where ``threads`` came from: "argument", "CONTRAHASH_THREADS", "OMP_NUM_THREADS"
     #: (set by the user), "torch" (its count when imported before the first call) or "default"
     source: str
-    #: the OpenMP wait policy in the environment ("PASSIVE", the user's value, or None)
+    #: how idle OpenMP threads wait: "GOMP_SPINCOUNT=10000" (the default), or the user's
+    #: OMP_WAIT_POLICY / GOMP_SPINCOUNT
     wait_policy: str | None
     #: False when torch was imported before the policy first ran: its OpenMP runtime had
     #: already read the environment, so the wait policy does not apply to torch
@@ -204,8 +222,8 @@ def apply_thread_policy(threads: int | str | None = None) -> ThreadPolicy:
     given"); the count an earlier call chose (so a library call without a count keeps what the
     CLI's ``--threads`` set); ``CONTRAHASH_THREADS``; a user-set ``OMP_NUM_THREADS``; torch's
     current count when torch was imported before (the caller may have set it); the default
-    (:func:`default_threads`). The wait policy: ``OMP_WAIT_POLICY=PASSIVE`` unless the user set
-    ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``. ``OMP_NUM_THREADS`` is set to the chosen count;
+    (:func:`default_threads`). The wait policy: ``GOMP_SPINCOUNT=10000`` (spin briefly, then
+    sleep) unless the user set ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``. ``OMP_NUM_THREADS`` is set to the chosen count;
     variables the user set are not overwritten, with one exception: an explicit ``threads``
     or ``CONTRAHASH_THREADS`` replaces a user-set ``OMP_NUM_THREADS`` (it is the more
     specific request). Nothing else (``MKL_NUM_THREADS``, ``OPENBLAS_NUM_THREADS``) is set:
@@ -246,8 +264,13 @@ def apply_thread_policy(threads: int | str | None = None) -> ThreadPolicy:
     # replaces a user-set OMP_NUM_THREADS, so torch and faiss start with it
     _set_env("OMP_NUM_THREADS", str(n), env_set, force=source in ("argument", "CONTRAHASH_THREADS"))
     if _user_set("OMP_WAIT_POLICY") is None and _user_set("GOMP_SPINCOUNT") is None:
-        _set_env("OMP_WAIT_POLICY", WAIT_POLICY, env_set)
-    wait_policy = os.environ.get("OMP_WAIT_POLICY")
+        _set_env("GOMP_SPINCOUNT", SPIN_COUNT, env_set)
+    if os.environ.get("OMP_WAIT_POLICY"):
+        wait_policy: str | None = f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}"
+    elif os.environ.get("GOMP_SPINCOUNT"):
+        wait_policy = f"GOMP_SPINCOUNT={os.environ['GOMP_SPINCOUNT']}"
+    else:
+        wait_policy = None
 
     runtime_set: list[str] = []
     if torch_loaded:
