@@ -94,6 +94,42 @@ _BACKENDS = ("auto", "faiss", "numpy", "torch")
 _MULTIHASH_MIN_SIZE = 100_000
 
 
+def codes_as_packed(codes: Any, bits: int, packed: bool, name: str, where: str = "") -> np.ndarray:
+    """Codes as packed uint8 rows for an index of ``bits``-bit codes (±1/{0,1}/bool, or already
+    packed with ``packed=True``); a code length mismatch names both lengths and ``where``."""
+    if packed:
+        return check_packed(codes, bits, name)
+    bits_bool = code_bits(codes, name)
+    if bits_bool.shape[1] != bits:
+        raise IndexFormatError(f"{name} have {bits_bool.shape[1]} bits but the index holds "
+                               f"{bits}-bit codes{where}")
+    return np.packbits(bits_bool, axis=1)
+
+
+def item_ids(ids: Any, n: int, start: int) -> np.ndarray:
+    """int64 ids of ``n`` new items: ``ids`` checked (integers >= 0, one per item), or
+    consecutive numbers from ``start``."""
+    if ids is None:
+        return np.arange(start, start + n, dtype=np.int64)
+    raw = to_numpy(ids)
+    if raw.shape != (n,) or not (np.issubdtype(raw.dtype, np.integer) or raw.size == 0):
+        raise ValueError(f"ids must be an integer array of shape ({n},); got {raw.dtype} {raw.shape}")
+    new_ids = raw.astype(np.int64)
+    if new_ids.size and new_ids.min() < 0:
+        raise ValueError("ids must be >= 0 (-1 marks empty result slots)")
+    return new_ids
+
+
+def empty_results(k: Any, nq: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """``k`` checked, and the padded ``(distances, ids)`` a search of ``nq`` queries fills
+    (id -1 and distance ``PAD_DISTANCE`` in slots past the index size)."""
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise ValueError(f"k must be a positive integer; got {k!r}")
+    k = int(k)
+    return (np.full((nq, k), PAD_DISTANCE, dtype=np.int32), np.full((nq, k), PAD_ID, np.int64),
+            k)
+
+
 class HammingIndex:
     """Exact Hamming k-NN and range search over binary codes.
 
@@ -162,15 +198,7 @@ class HammingIndex:
         return f" (index file {self.source})" if self.source else ""
 
     def _as_packed(self, codes: Any, packed: bool, name: str) -> np.ndarray:
-        if packed:
-            return check_packed(codes, self.bits, name)
-        bits_bool = code_bits(codes, name)
-        if bits_bool.shape[1] != self.bits:
-            raise IndexFormatError(
-                f"{name} have {bits_bool.shape[1]} bits but the index holds {self.bits}-bit "
-                f"codes{self._where()}"
-            )
-        return np.packbits(bits_bool, axis=1)
+        return codes_as_packed(codes, self.bits, packed, name, self._where())
 
     def add(self, codes: Any, ids: Any = None, *, packed: bool = False) -> None:
         """Append codes ``[n, bits]`` (±1, {0,1} or bool; or packed uint8 with ``packed=True``).
@@ -179,17 +207,7 @@ class HammingIndex:
         """
         p = self._as_packed(codes, packed, "codes")
         n = p.shape[0]
-        if ids is None:
-            new_ids = np.arange(len(self), len(self) + n, dtype=np.int64)
-        else:
-            raw = to_numpy(ids)
-            if raw.shape != (n,) or not (np.issubdtype(raw.dtype, np.integer) or raw.size == 0):
-                raise ValueError(
-                    f"ids must be an integer array of shape ({n},); got {raw.dtype} {raw.shape}"
-                )
-            new_ids = raw.astype(np.int64)
-            if new_ids.size and new_ids.min() < 0:
-                raise ValueError("ids must be >= 0 (-1 marks empty result slots)")
+        new_ids = item_ids(ids, n, len(self))
         if n == 0:
             return
         self._chunks.append(p)
@@ -261,13 +279,9 @@ class HammingIndex:
         Ranked by distance, ties by insertion order. When ``k`` exceeds the index size the
         trailing slots hold id ``-1`` and distance ``PAD_DISTANCE`` (int32 max).
         """
-        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
-            raise ValueError(f"k must be a positive integer; got {k!r}")
-        k = int(k)
         q = self._as_packed(queries, packed, "queries")
         nq, n = q.shape[0], len(self)
-        dist = np.full((nq, k), PAD_DISTANCE, dtype=np.int32)
-        ids = np.full((nq, k), PAD_ID, dtype=np.int64)
+        dist, ids, k = empty_results(k, nq)
         kk = min(k, n)
         if nq == 0 or kk == 0:
             return dist, ids

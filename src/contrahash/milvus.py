@@ -71,8 +71,11 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from contrahash.hamming import check_packed, code_bits
-from contrahash.index import PAD_DISTANCE, PAD_ID, IndexFormatError
+from contrahash.index import (
+    codes_as_packed,
+    empty_results,
+    item_ids,
+)
 
 __all__ = ["MilvusError", "MilvusIndex", "MilvusNotInstalledError"]
 
@@ -179,12 +182,6 @@ def _check_bits(bits: Any) -> int:
     if isinstance(bits, bool) or not isinstance(bits, int | np.integer) or bits < 1:
         raise ValueError(f"bits must be a positive integer; got {bits!r}")
     return int(bits)
-
-
-def _as_numpy(array: Any) -> np.ndarray:
-    if hasattr(array, "detach") and hasattr(array, "cpu"):  # a torch tensor
-        array = array.detach().cpu().numpy()
-    return np.asarray(array)
 
 
 class MilvusIndex:
@@ -437,13 +434,7 @@ class MilvusIndex:
         return int(rows[0]["count(*)"])
 
     def _as_packed(self, codes: Any, packed: bool, name: str) -> np.ndarray:
-        if packed:
-            return check_packed(codes, self.bits, name)
-        bits_bool = code_bits(codes, name)
-        if bits_bool.shape[1] != self.bits:
-            raise IndexFormatError(f"{name} have {bits_bool.shape[1]} bits but {self._where()} "
-                                   f"holds {self.bits}-bit codes")
-        return np.packbits(bits_bool, axis=1)
+        return codes_as_packed(codes, self.bits, packed, name, f" ({self._where()})")
 
     def add(self, codes: Any, ids: Any = None, *, packed: bool = False) -> None:
         """Insert codes ``[n, bits]`` (±1, {0,1} or bool; or packed uint8 with ``packed=True``).
@@ -454,17 +445,7 @@ class MilvusIndex:
         coll = self._collection()
         p = self._as_packed(codes, packed, "codes")
         n = p.shape[0]
-        if ids is None:
-            start = len(self)
-            new_ids = np.arange(start, start + n, dtype=np.int64)
-        else:
-            raw = _as_numpy(ids)
-            if raw.shape != (n,) or not (np.issubdtype(raw.dtype, np.integer) or raw.size == 0):
-                raise ValueError(f"ids must be an integer array of shape ({n},); "
-                                 f"got {raw.dtype} {raw.shape}")
-            new_ids = raw.astype(np.int64)
-            if new_ids.size and new_ids.min() < 0:
-                raise ValueError("ids must be >= 0 (-1 marks empty result slots)")
+        new_ids = item_ids(ids, n, len(self))
         rows = max(1, min(INSERT_ROWS, INSERT_BYTES // (self.code_bytes + 16)))
         for s in range(0, n, rows):
             block = p[s : s + rows]
@@ -544,13 +525,9 @@ class MilvusIndex:
         slots hold id ``-1`` and distance ``PAD_DISTANCE`` (int32 max). ``min(k, len(self))``
         may not exceed 16384 (Milvus' top-k cap).
         """
-        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
-            raise ValueError(f"k must be a positive integer; got {k!r}")
-        k = int(k)
         q = self._as_packed(queries, packed, "queries")
         nq, n = q.shape[0], len(self)
-        dist = np.full((nq, k), PAD_DISTANCE, dtype=np.int32)
-        ids = np.full((nq, k), PAD_ID, dtype=np.int64)
+        dist, ids, k = empty_results(k, nq)
         kk = min(k, n)
         if nq == 0 or kk == 0:
             return dist, ids

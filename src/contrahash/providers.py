@@ -78,6 +78,8 @@ class FeatureProvider:
         self._clean_row: np.ndarray | None = None
         self._images_on_device: torch.Tensor | None = None
         self.ctx = context()
+        #: how many augmentation recipes the cached views alternate (HARR: 3)
+        self.recipes = 1
 
     # -- images and keys ---------------------------------------------------------------
     def images(self) -> Any:
@@ -152,6 +154,39 @@ class FeatureProvider:
             return self.clean_features(indices)
         return self.together(np.asarray(indices), "encoding")
 
+    def augmented_views(self, kind: str, item_shape: tuple[int, ...], phase: str,
+                        compute: Callable[..., np.ndarray], **key: Any) -> np.ndarray:
+        """A cached ``[n_train, V, *item_shape]`` array: view j of every training image made
+        with recipe ``j mod`` the method's recipes, by its own generator seeded from
+        ``(seed, j)``; ``compute(augmenter, generator, on_batch)`` gives one view's rows."""
+        from contrahash.augment import view_augmenters
+
+        method, cfg = self.model.method, self.cfg
+        v = cfg.cache.views
+        if v < method.n_views:
+            raise ValueError(f"cache.views={v} but method '{method.name}' needs "
+                             f"{method.n_views} views per image")
+        train = self.split.train
+        augmenters = view_augmenters(method.augmentation, self.model.image_size, method.n_views)
+        recipes = [a.recipe for a in augmenters]
+        self.recipes = len(set(recipes))
+        # the key names the recipes' cycle, not one per view position: FDBH's three views and
+        # CIBHash's two of one recipe share one cache (view j uses recipe j mod the cycle)
+        parts = self.feature_key(kind, **key, views=v, recipes=recipe_cycle(recipes),
+                                 augment=cfg.augment, train=hash_indices(train),
+                                 view_seed=cfg.seed)
+        with self.progress.phase(phase, len(train) * v) as ph:
+
+            def view(j: int) -> np.ndarray:
+                aug = with_overrides(augmenters[j % len(augmenters)], cfg.augment)
+                gen = torch.Generator(device=self.generator_device()).manual_seed(
+                    cfg.seed * 1000 + j)
+                return compute(aug, gen, ph.advance)
+
+            return self.cache.get_or_compute_parts(
+                parts, (len(train), v, *item_shape), [(slice(None), j) for j in range(v)], view,
+                lambda j: (j + 1) * len(train), ctx=self.ctx)
+
     # -- work shared by the processes of a distributed run ---------------------------------
     def chunks(self, n: int) -> list[tuple[slice]]:
         """Row chunks of ``n`` rows, whole extraction batches each (results do not depend on
@@ -204,7 +239,6 @@ class CachedViews(FeatureProvider):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.recipes = 1
         self._views: torch.Tensor | None = None
         self._neighbour_rows: np.ndarray | None = None
         self._pool_features: torch.Tensor | None = None
@@ -212,38 +246,11 @@ class CachedViews(FeatureProvider):
 
     def cached_views(self) -> np.ndarray:
         """[n_train, V, ...] features of V augmented views per training image (computed once)."""
-        from contrahash.augment import view_augmenters
-
-        method, cfg = self.model.method, self.cfg
-        v = cfg.cache.views
-        if v < method.n_views:
-            raise ValueError(f"cache.views={v} but method '{method.name}' needs "
-                             f"{method.n_views} views per image")
         train = self.split.train
-        augmenters = view_augmenters(method.augmentation, self.model.image_size, method.n_views)
-        recipes = [a.recipe for a in augmenters]
-        self.recipes = len(set(recipes))
-        # the key names the recipes' cycle, not one per view position: FDBH's three views and
-        # CIBHash's two of one recipe share one cache (view j uses recipe j mod the cycle)
-        key = self.feature_key("views", views=v, recipes=recipe_cycle(recipes),
-                               augment=cfg.augment, train=hash_indices(train),
-                               view_seed=cfg.seed)
-
-        shape = (len(train), v, *self.probe_shape())
-        with self.progress.phase("augmented views of the training images",
-                                 len(train) * v) as phase:
-
-            def view(j: int) -> np.ndarray:
-                # view j of every image: recipe j % len(recipes), its own seeded generator
-                aug = with_overrides(augmenters[j % len(augmenters)], cfg.augment)
-                gen = torch.Generator(device=self.generator_device()).manual_seed(
-                    cfg.seed * 1000 + j)
-                return self.model.extract(self.images(), train, aug, generator=gen,
-                                          on_batch=phase.advance)
-
-            return self.cache.get_or_compute_parts(
-                key, shape, [(slice(None), j) for j in range(v)], view,
-                lambda j: (j + 1) * len(train), ctx=self.ctx)
+        return self.augmented_views(
+            "views", self.probe_shape(), "augmented views of the training images",
+            lambda aug, gen, on_batch: self.model.extract(self.images(), train, aug,
+                                                          generator=gen, on_batch=on_batch))
 
     def prepare(self) -> None:
         if self._views is None:  # in RAM: sampled at every step
@@ -336,7 +343,6 @@ class BlockCache(FeatureProvider):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.blocks = int(self.cfg.backbone.finetune_blocks)
-        self.recipes = 1
         self._views: torch.Tensor | None = None
         self._clean_blocks: torch.Tensor | None = None
         self._neighbour_rows: np.ndarray | None = None
@@ -384,32 +390,12 @@ class BlockCache(FeatureProvider):
 
     def block_views(self) -> np.ndarray:
         """[n_train, V, ...] block inputs of V augmented views per training image."""
-        from contrahash.augment import view_augmenters
-
-        method, cfg = self.model.method, self.cfg
-        v = cfg.cache.views
-        if v < method.n_views:
-            raise ValueError(f"cache.views={v} but method '{method.name}' needs "
-                             f"{method.n_views} views per image")
         train = self.split.train
-        augmenters = view_augmenters(method.augmentation, self.model.image_size, method.n_views)
-        recipes = [a.recipe for a in augmenters]
-        self.recipes = len(set(recipes))
-        key = self.feature_key("block-views", blocks=self.blocks, views=v,
-                               recipes=recipe_cycle(recipes), augment=cfg.augment,
-                               train=hash_indices(train), view_seed=cfg.seed)
-        shape = (len(train), v, *self.model.backbone.block_input_shape(self.blocks))
-        with self.progress.phase("block inputs of the training views", len(train) * v) as phase:
-
-            def view(j: int) -> np.ndarray:
-                aug = with_overrides(augmenters[j % len(augmenters)], cfg.augment)
-                gen = torch.Generator(device=self.generator_device()).manual_seed(
-                    cfg.seed * 1000 + j)
-                return self._prefix(train, aug, gen, phase.advance)
-
-            return self.cache.get_or_compute_parts(
-                key, shape, [(slice(None), j) for j in range(v)], view,
-                lambda j: (j + 1) * len(train), ctx=self.ctx)
+        return self.augmented_views(
+            "block-views", self.model.backbone.block_input_shape(self.blocks),
+            "block inputs of the training views",
+            lambda aug, gen, on_batch: self._prefix(train, aug, gen, on_batch),
+            blocks=self.blocks)
 
     def _suffix(self, blocks: torch.Tensor, rows: np.ndarray, chunk: int = 256) -> np.ndarray:
         """Features of cached block inputs ``blocks[rows]`` through the current last N blocks
