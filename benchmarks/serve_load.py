@@ -45,7 +45,8 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_NPZ = Path("/work/shared/datasets/cifar10-jpeg.npz")
+#: where CIFAR-10 JPEG query files come from: --npz, else $CONTRAHASH_CIFAR10 (never a fixed path)
+DEFAULT_NPZ = Path(os.environ["CONTRAHASH_CIFAR10"]) if os.environ.get("CONTRAHASH_CIFAR10") else None
 
 
 # ----------------------------------------------------------------------------- HTTP client
@@ -313,7 +314,7 @@ async def load_images(args: argparse.Namespace, port: int, count: int) -> list[b
     n = min(args.images, count)
     source = args.images_from
     if source == "auto":
-        source = "npz" if args.npz.is_file() and not args.fake else "thumbnails"
+        source = "npz" if args.npz is not None and args.npz.is_file() and not args.fake else "thumbnails"
     if source == "npz":
         from contrahash.data.packed import read_packed
 

@@ -446,8 +446,7 @@ def test_scale_one_is_bit_identical_to_the_unscaled_split(protocol, labels, opti
 
 def _cifar10_npz() -> Path | None:
     for candidate in (os.environ.get("CONTRAHASH_CIFAR10"),
-                      ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.npz",
-                      Path("/work/shared/datasets/cifar10-jpeg.npz")):
+                      ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.npz"):
         if candidate and Path(candidate).is_file():
             return Path(candidate)
     return None
