@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _timing import best_time
+from _timing import add_search_workload, best_time
 
 
 def child_memory_mib() -> str:
@@ -81,12 +81,7 @@ def ivf_recall(args, db: np.ndarray, q: np.ndarray, exact: np.ndarray) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--database", type=int, default=1_000_000)
-    parser.add_argument("--queries", type=int, default=1000)
-    parser.add_argument("--bits", type=int, default=64)
-    parser.add_argument("--ks", type=int, nargs="+", default=[10, 1000])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=0)
+    add_search_workload(parser, rounds=3)
     parser.add_argument("--ivf-uri", default=None,
                         help="a Milvus server (http://host:port) for the BIN_IVF_FLAT recall")
     parser.add_argument("--nlist", type=int, default=1024)

@@ -23,7 +23,7 @@ from contrahash.runtime import apply_thread_policy
 apply_thread_policy()  # before faiss and torch load their OpenMP runtimes, as the CLI does
 
 import numpy as np  # noqa: E402
-from _timing import best_time  # noqa: E402
+from _timing import add_search_workload, best_time  # noqa: E402
 
 
 def other_backends(args, db: np.ndarray, queries: np.ndarray) -> None:
@@ -52,12 +52,7 @@ def other_backends(args, db: np.ndarray, queries: np.ndarray) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--database", type=int, default=1_000_000)
-    parser.add_argument("--queries", type=int, default=1000)
-    parser.add_argument("--bits", type=int, default=64)
-    parser.add_argument("--ks", type=int, nargs="+", default=[10, 1000])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--seed", type=int, default=0)
+    add_search_workload(parser, rounds=5)
     args = parser.parse_args()
 
     try:

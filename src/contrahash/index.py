@@ -120,6 +120,15 @@ def item_ids(ids: Any, n: int, start: int) -> np.ndarray:
     return new_ids
 
 
+def search_frame(queries: Any, k: Any, packed: bool, bits: int, n: int, where: str = ""
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """What every search starts from: the packed queries, the padded ``(distances, ids)`` to
+    fill, and ``min(k, n)`` for an index of ``n`` codes."""
+    q = codes_as_packed(queries, bits, packed, "queries", where)
+    dist, ids, k = empty_results(k, q.shape[0])
+    return q, dist, ids, min(k, n)
+
+
 def empty_results(k: Any, nq: int) -> tuple[np.ndarray, np.ndarray, int]:
     """``k`` checked, and the padded ``(distances, ids)`` a search of ``nq`` queries fills
     (id -1 and distance ``PAD_DISTANCE`` in slots past the index size)."""
@@ -279,11 +288,8 @@ class HammingIndex:
         Ranked by distance, ties by insertion order. When ``k`` exceeds the index size the
         trailing slots hold id ``-1`` and distance ``PAD_DISTANCE`` (int32 max).
         """
-        q = self._as_packed(queries, packed, "queries")
-        nq, n = q.shape[0], len(self)
-        dist, ids, k = empty_results(k, nq)
-        kk = min(k, n)
-        if nq == 0 or kk == 0:
+        q, dist, ids, kk = search_frame(queries, k, packed, self.bits, len(self), self._where())
+        if q.shape[0] == 0 or kk == 0:
             return dist, ids
         if self.backend == "faiss" and faiss_orders_ties_by_position():
             d, pos = self._faiss_index().search(self._faiss_codes(q), kk)

@@ -73,8 +73,8 @@ import numpy as np
 
 from contrahash.index import (
     codes_as_packed,
-    empty_results,
     item_ids,
+    search_frame,
 )
 
 __all__ = ["MilvusError", "MilvusIndex", "MilvusNotInstalledError"]
@@ -525,10 +525,10 @@ class MilvusIndex:
         slots hold id ``-1`` and distance ``PAD_DISTANCE`` (int32 max). ``min(k, len(self))``
         may not exceed 16384 (Milvus' top-k cap).
         """
-        q = self._as_packed(queries, packed, "queries")
-        nq, n = q.shape[0], len(self)
-        dist, ids, k = empty_results(k, nq)
-        kk = min(k, n)
+        n = len(self)
+        q, dist, ids, kk = search_frame(queries, k, packed, self.bits, n,
+                                        f" ({self._where()})")
+        nq, k = q.shape[0], dist.shape[1]
         if nq == 0 or kk == 0:
             return dist, ids
         if kk > MAX_TOPK:
