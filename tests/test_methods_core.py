@@ -104,11 +104,25 @@ def test_fdbh_alpha_schedule():
 
 
 def test_fdbh_reconstruction_targets_features():
+    """The reconstruction part equals a hand-written mean of 1 − cos(g(b), f) over both views,
+    adds to the loss with its weight, and trains the decoder."""
     torch.manual_seed(1)
-    m = build_method("fdbh", 8, [8], {"lambda_rec": 1.0})
-    f = torch.randn(8, 8)
-    u = m.encoders["8"](torch.cat([f, f]))
-    assert F.cosine_similarity(m.decoders["8"](torch.sign(u)), torch.cat([f, f])).shape == (16,)
+    cfg = {"lambda_rec": 1.0, "polarization": False, "decorrelation": False, "fdo": "none",
+           "neighbour_prob": 0.0}
+    m = build_method("fdbh", 8, [8], cfg)
+    f1 = torch.randn(8, 8, requires_grad=True)
+    f2 = torch.randn(8, 8, requires_grad=True)
+    out = m.training_loss([f1, f2], StepInfo())
+    f = torch.cat([f1, f2]).detach()
+    b = torch.sign(m.encoders["8"](f))
+    expected = (1 - F.cosine_similarity(m.decoders["8"](b), f, dim=1)).mean()
+    assert float(out.parts["reconstruction_8"]) == pytest.approx(float(expected), rel=1e-5)
+    assert float(out.loss.detach()) == pytest.approx(
+        float(out.parts["contrastive_8"]) + float(expected), rel=1e-5)
+    assert not out.parts["reconstruction_8"].requires_grad  # parts are detached for logging
+    m.zero_grad()
+    m.training_loss([f1, f2], StepInfo()).loss.backward()
+    assert m.decoders["8"][0].weight.grad.abs().sum() > 0
 
 
 def test_fdbh_extra_neighbour_positive_matches_reference():
