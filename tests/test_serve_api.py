@@ -727,3 +727,34 @@ def test_load_benchmark_runs_against_the_fake():
                             "serve_image_p50_ms", "serve_image_p99_ms", "errors"]
     assert fields["errors"] == "0" and float(fields["serve_id_qps"]) > 0
     assert "60 ok + 0 errors" in out.stderr
+
+
+def test_encoder_thread_gets_the_threads_and_the_others_one():
+    """With ``encode_threads`` set, the batcher's thread runs torch on that many threads while
+    the thread that called use_threads_in_this_thread(1) keeps one, whatever order they start
+    in (torch applies its *last* set_num_threads to a thread's first op). In a subprocess:
+    the counts are per thread but torch's default for new threads is process-wide."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import asyncio, torch
+        from contrahash.runtime import use_threads_in_this_thread
+        from contrahash.serve.app import _threads_initializer
+        from contrahash.serve.batching import MicroBatcher
+        use_threads_in_this_thread(1)
+        batcher = MicroBatcher(lambda xs: [torch.get_num_threads() for _ in xs],
+                               initializer=_threads_initializer(2))
+        async def main():
+            out = await batcher.submit(0)
+            await batcher.aclose()
+            return out.value
+        inside = asyncio.run(main())
+        print(inside, torch.get_num_threads(), _threads_initializer(None))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=True).stdout.split()
+    assert out == ["2", "1", "None"]
+    with pytest.raises(ValueError, match="encode_threads"):
+        ServeSettings(encode_threads=0)

@@ -319,3 +319,30 @@ def thread_settings() -> dict[str, Any]:
                           "wait_policy": _applied.wait_policy,
                           "wait_policy_effective": _applied.wait_policy_effective}
     return info
+
+
+def use_threads_in_this_thread(threads: int) -> None:
+    """Give parallel regions started by the *calling* thread ``threads`` OpenMP threads.
+
+    libgomp keeps the team size per thread, and counts every thread it manages: once a
+    process holds more of them than it has CPUs (say the main thread ran a torch op or a faiss
+    search on a 2-thread team, and a worker thread then encodes on its own 2-thread team), all
+    of its idle workers spin only ~100 iterations before sleeping, so every parallel region
+    pays kernel wake-ups. A service that encodes in one dedicated thread therefore calls this
+    with its thread count there and with 1 in every other thread that may touch torch or faiss
+    (``contrahash serve``: a batch of 8 CIFAR-10 queries at 224 px, 2-core host, encoded in a
+    worker thread: 76–86 ms with a 2-thread team left in the main thread, 55–62 ms without).
+
+    torch applies its last ``set_num_threads`` value to each thread on that thread's first
+    parallel op, so this also performs that first-use initialisation now: a later call in
+    another thread cannot change this thread's count.
+    """
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.get_num_threads()  # runs torch's lazy per-thread initialisation with this value
+    faiss = sys.modules.get("faiss")
+    if faiss is not None and hasattr(faiss, "omp_set_num_threads"):
+        faiss.omp_set_num_threads(threads)  # its own libgomp when imported before torch

@@ -37,9 +37,11 @@ def serve_command(
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
 ) -> None:
     """Serve a collection: web page at /, JSON API under /api, docs at /docs."""
+    import torch
     import uvicorn
 
     from contrahash.collection import open_collection
+    from contrahash.runtime import use_threads_in_this_thread
     from contrahash.serve.app import create_app
     from contrahash.serve.settings import MIB, ServeSettings
 
@@ -49,7 +51,11 @@ def serve_command(
     settings = ServeSettings(max_upload_bytes=int(max_upload_mb * MIB), max_k=max_k,
                              default_k=min(24, max_k), token=token or None,
                              batch_window_ms=batch_window_ms, batch_max_size=batch_size,
-                             reload_interval_s=reload_interval)
+                             reload_interval_s=reload_interval,
+                             encode_threads=torch.get_num_threads())
+    # the main thread (loading, searches by id on the event loop) stays off OpenMP teams: the
+    # encoder thread alone runs on all the threads (see use_threads_in_this_thread)
+    use_threads_in_this_thread(1)
     collection = open_collection(directory)
 
     log = logging.getLogger("contrahash.serve")

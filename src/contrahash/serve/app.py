@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
+from contrahash.runtime import use_threads_in_this_thread
 from contrahash.serve import routes_items, routes_meta, routes_search
 from contrahash.serve.batching import MicroBatcher
 from contrahash.serve.deps import ServeState
@@ -51,7 +53,8 @@ def create_app(collection: Collection, settings: ServeSettings | None = None) ->
     state = ServeState(
         collection=collection, settings=settings,
         batcher=MicroBatcher(encode_batch, max_batch=settings.batch_max_size,
-                             window_s=settings.batch_window_ms / 1000.0, name="encode"),
+                             window_s=settings.batch_window_ms / 1000.0, name="encode",
+                             initializer=_threads_initializer(settings.encode_threads)),
         decode_pool=_decode_pool(settings))
 
     @contextlib.asynccontextmanager
@@ -171,8 +174,18 @@ def _document_bearer_auth(app: FastAPI) -> None:
 # ----------------------------------------------------------------------------- helpers
 
 
+def _threads_initializer(threads: int | None) -> Callable[[], None] | None:
+    """What a thread of the service runs first when ``encode_threads`` is set (see
+    :class:`ServeSettings`): the team size for its OpenMP regions."""
+    if threads is None:
+        return None
+    return functools.partial(use_threads_in_this_thread, threads)
+
+
 def _decode_pool(settings: ServeSettings) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
+    return ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode",
+                              initializer=_threads_initializer(
+                                  None if settings.encode_threads is None else 1))
 
 
 async def _auto_reload(state: ServeState, interval_s: float) -> None:

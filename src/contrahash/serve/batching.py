@@ -42,7 +42,8 @@ class MicroBatcher(Generic[T, R]):
     """
 
     def __init__(self, fn: Callable[[list[T]], Sequence[R]], *, max_batch: int = 16,
-                 window_s: float = 0.003, name: str = "batcher") -> None:
+                 window_s: float = 0.003, name: str = "batcher",
+                 initializer: Callable[[], None] | None = None) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         if window_s < 0:
@@ -51,6 +52,7 @@ class MicroBatcher(Generic[T, R]):
         self.max_batch = max_batch
         self.window_s = window_s
         self._name = name
+        self._initializer = initializer  # run once in the worker thread before its first batch
         self._pending: list[tuple[T, asyncio.Future[BatchResult[R]]]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
@@ -80,7 +82,8 @@ class MicroBatcher(Generic[T, R]):
             if self._pending:
                 self._wakeup.set()
             if self._executor is None:
-                self._executor = ThreadPoolExecutor(1, thread_name_prefix=self._name)
+                self._executor = ThreadPoolExecutor(1, thread_name_prefix=self._name,
+                                                    initializer=self._initializer)
             self._task = loop.create_task(self._run(), name=self._name)
 
     async def aclose(self) -> None:

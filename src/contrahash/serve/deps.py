@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from fastapi import HTTPException, Request
 
+from contrahash.runtime import use_threads_in_this_thread
 from contrahash.serve.batching import MicroBatcher
 from contrahash.serve.models import ItemResponse
 from contrahash.serve.settings import ServeSettings
@@ -28,6 +29,8 @@ class ServeState:
 
     def reload(self) -> bool:
         """``collection.reload()``, one at a time (blocking: call it from a worker thread)."""
+        if self.settings.encode_threads is not None:  # an anyio thread: keep it off big teams
+            use_threads_in_this_thread(1)
         with self.reload_lock:
             return bool(self.collection.reload())
 

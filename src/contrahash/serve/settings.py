@@ -18,6 +18,9 @@ class ServeSettings:
     encoded together: the batcher waits at most ``batch_window_ms`` for more requests after
     the first one, or until ``batch_max_size`` images are waiting. ``reload_interval_s`` > 0
     makes the service call ``collection.reload()`` that often (0: only ``POST /api/reload``).
+    ``encode_threads`` set: the encoder thread runs on that many OpenMP threads and the
+    service's other threads (image decoding, reloads) on one — see
+    :func:`contrahash.runtime.use_threads_in_this_thread`; None leaves thread counts alone.
     """
 
     max_upload_bytes: int = 10 * MIB
@@ -30,6 +33,7 @@ class ServeSettings:
     decode_threads: int = 2
     search_in_thread: bool = False
     reload_interval_s: float = 0.0
+    encode_threads: int | None = None
 
     def __post_init__(self) -> None:
         checks = {
@@ -41,6 +45,7 @@ class ServeSettings:
             "batch_max_size": self.batch_max_size >= 1,
             "decode_threads": self.decode_threads >= 1,
             "reload_interval_s": self.reload_interval_s >= 0,
+            "encode_threads": self.encode_threads is None or self.encode_threads >= 1,
         }
         for name, ok in checks.items():
             if not ok:
