@@ -758,3 +758,21 @@ def test_encoder_thread_gets_the_threads_and_the_others_one():
     assert out == ["2", "1", "None"]
     with pytest.raises(ValueError, match="encode_threads"):
         ServeSettings(encode_threads=0)
+
+
+def test_warm_up_decodes_and_encodes_one_image_at_start_up_and_never_blocks_it():
+    """``warm_up``: one encoder batch of one image before the first request; a collection
+    whose decoder fails still starts and serves."""
+    fake = FakeCollection(n=20)
+    with TestClient(create_app(fake, ServeSettings(warm_up=True))) as client:
+        assert fake.encode_batches == [1]
+        assert client.get("/api/search", params={"id": 3, "k": 2}).status_code == 200
+
+    def missing_decoder(data: bytes) -> np.ndarray:
+        raise RuntimeError("decoder missing")
+
+    broken = FakeCollection(n=20)
+    broken.decode_image = missing_decoder  # type: ignore[method-assign]
+    with TestClient(create_app(broken, ServeSettings(warm_up=True))) as client:
+        assert broken.encode_batches == []
+        assert client.get("/healthz").status_code == 200

@@ -33,6 +33,9 @@ def serve_command(
     reload_interval: Annotated[float, typer.Option(
         help="seconds between automatic re-reads of the directory (0: only POST /api/reload)",
         min=0.0)] = 0.0,
+    warm_up: Annotated[bool, typer.Option(
+        help="decode and encode one image before serving, so the first query is not slow")
+                       ] = True,
     access_log: Annotated[bool, typer.Option(help="log every request")] = False,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
 ) -> None:
@@ -52,7 +55,7 @@ def serve_command(
                              default_k=min(24, max_k), token=token or None,
                              batch_window_ms=batch_window_ms, batch_max_size=batch_size,
                              reload_interval_s=reload_interval,
-                             encode_threads=torch.get_num_threads())
+                             encode_threads=torch.get_num_threads(), warm_up=warm_up)
     # the main thread (loading, searches by id on the event loop) stays off OpenMP teams: the
     # encoder thread alone runs on all the threads (see use_threads_in_this_thread)
     use_threads_in_this_thread(1)

@@ -21,6 +21,7 @@ class ServeSettings:
     ``encode_threads`` set: the encoder thread runs on that many OpenMP threads and the
     service's other threads (image decoding, reloads) on one — see
     :func:`contrahash.runtime.use_threads_in_this_thread`; None leaves thread counts alone.
+    ``warm_up``: decode and encode one generated image at start-up, before serving.
     """
 
     max_upload_bytes: int = 10 * MIB
@@ -34,6 +35,7 @@ class ServeSettings:
     search_in_thread: bool = False
     reload_interval_s: float = 0.0
     encode_threads: int | None = None
+    warm_up: bool = False
 
     def __post_init__(self) -> None:
         checks = {
