@@ -265,4 +265,18 @@ def test_a_milvus_backed_collection_searches_like_faiss(world, built, tmp_path):
             [(h.id, h.distance) for h in row] for row in want]
     res = runner.invoke(app, ["search", str(out), "--id", "9", "-k", "3", "--json"])
     assert res.exit_code == 0, res.output
-    del remote  # Milvus Lite opens its file in one process at a time
+    # index add inserts into the same Milvus collections; a reload keeps the open connections
+    before = dict(remote._snapshot.indexes)
+    add_to_collection(out, str(world["flat"]))
+    assert remote.reload() and len(remote) == 132
+    assert all(remote._snapshot.indexes[b] is before[b] for b in (8, 32))
+    assert [h.distance for h in remote.search_ids([125], 1, 32)[0]] == [0]
+    in_process = remote._snapshot.local[32]  # the same codes, as the directory holds them
+    distances, ids = in_process.search(remote.codes_of([125], 32), 5)
+    assert [(h.id, h.distance) for h in remote.search_ids([125], 5, 32)[0]] == list(
+        zip(ids[0].tolist(), distances[0].tolist(), strict=True))
+    remote.close()  # Milvus Lite opens its file in one process at a time
+    remote.close()  # idempotent
+    from contrahash import milvus as milvus_module
+
+    assert str(tmp_path / "codes.db") not in {str(p) for p in milvus_module._lite_users}

@@ -400,17 +400,48 @@ class Collection:
             local[k] = index
         indexes = dict(local)
         if manifest["backend"]["kind"] == "milvus":
-            from contrahash.milvus import MilvusIndex
-
-            backend = manifest["backend"]
-            indexes = {k: MilvusIndex(backend["uri"], k, f"{backend['collection']}_{k}",
-                                      create=False) for k in manifest["bits"]}
+            indexes = self._milvus_indexes(manifest)
         if len(items) != manifest["count"]:
             raise CollectionError(f"{self.directory}: the manifest counts {manifest['count']} "
                                   f"items, the segments hold {len(items)}")
         first = np.asarray([s["first_id"] for s in segments], dtype=np.int64)
         stamp = f"{manifest.get('updated_at')}|{manifest['count']}|{len(segments)}"
         return _Snapshot(manifest, stamp, indexes, local, items, data, offsets, first)
+
+    def _milvus_indexes(self, manifest: dict[str, Any]) -> dict[int, Any]:
+        """The Milvus collections of ``manifest``: the connections already open are kept (a
+        reload sees what ``index add`` inserted through them), the others opened."""
+        from contrahash.milvus import MilvusIndex
+
+        backend = manifest["backend"]
+        previous = getattr(self, "_snapshot", None)
+        opened = previous.indexes if previous is not None else {}
+        indexes = {}
+        for k in manifest["bits"]:
+            name = f"{backend['collection']}_{k}"
+            old = opened.get(k)
+            if isinstance(old, MilvusIndex) and old.uri == backend["uri"] and old.collection == name:
+                indexes[k] = old
+            else:
+                indexes[k] = MilvusIndex(backend["uri"], k, name, create=False)
+        return indexes
+
+    def close(self) -> None:
+        """Release what searches hold outside the process (Milvus connections; an embedded
+        Milvus Lite server stops with its last user). Idempotent; in-process faiss needs none."""
+        snapshot = getattr(self, "_snapshot", None)
+        if snapshot is None:
+            return
+        local = {id(index) for index in snapshot.local.values()}
+        for index in snapshot.indexes.values():
+            if id(index) not in local and hasattr(index, "close"):
+                index.close()
+
+    def __enter__(self) -> Collection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def reload(self) -> bool:
         """Re-read the directory after an ``index add``; True when it changed."""

@@ -269,7 +269,12 @@ def search_collection(directory: Path, image: Path | None, item_id: int | None, 
     if image is not None and not image.is_file():
         fail(f"--image {image} does not exist" if not image.exists() else
              f"--image {image} is not a file")
-    collection = open_collection(directory)
+    with open_collection(directory) as collection:
+        _search_and_show(collection, image, item_id, k, bits, as_json)
+
+
+def _search_and_show(collection: Any, image: Path | None, item_id: int | None, k: int,
+                     bits: int | None, as_json: bool) -> None:
     k_bits = bits or collection.default_bits
     if k_bits not in collection.bits:
         fail(f"--bits {k_bits}: the collection has code lengths {collection.bits}")

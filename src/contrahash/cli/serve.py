@@ -69,8 +69,11 @@ def serve_command(
     typer.echo(f"serving {len(collection)} items ({directory}) at http://{shown}:{port}/"
                + (" (token required for /api)" if settings.token else ""), err=True)
     log.debug("settings: %s", settings)
-    uvicorn.run(create_app(collection, settings), host=host, port=port, log_level=log_level,
-                access_log=access_log, workers=1)
+    try:
+        uvicorn.run(create_app(collection, settings), host=host, port=port,
+                    log_level=log_level, access_log=access_log, workers=1)
+    finally:
+        collection.close()
 
 
 def _is_loopback(host: str) -> bool:
