@@ -177,6 +177,9 @@ class FakeCollection:
         return {"count": len(self), "bits": self.bits, "run_id": "fake-run",
                 "created_at": "2026-01-01T00:00:00Z", "method": "fake"}
 
+    def close(self) -> None:
+        self.closed = True
+
     # ------------------------------------------------------------------ test helpers
 
     def stage(self, numbers: list[int]) -> None:

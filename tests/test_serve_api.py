@@ -669,19 +669,26 @@ def test_serve_command_opens_the_collection_and_binds_loopback(monkeypatch, tmp_
     import sys
     import types
 
+    import torch
     import typer
     import uvicorn
     from typer.testing import CliRunner
 
+    import contrahash.runtime
     from contrahash.cli.common import guarded
     from contrahash.cli.serve import serve_command
 
-    opened: list[Path] = []
+    opened: list[FakeCollection] = []
     module = types.ModuleType("contrahash.collection")
 
     def open_collection(path):
-        opened.append(Path(path))
-        return FakeCollection(n=20)
+        opened.append(FakeCollection(n=20))
+        opened[-1].path = Path(path)
+        return opened[-1]
+
+    # the command gives the main thread one OpenMP thread: not this test process's
+    team_sizes: list[int] = []
+    monkeypatch.setattr(contrahash.runtime, "use_threads_in_this_thread", team_sizes.append)
 
     module.open_collection = open_collection  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "contrahash.collection", module)
@@ -693,8 +700,12 @@ def test_serve_command_opens_the_collection_and_binds_loopback(monkeypatch, tmp_
 
     result = runner.invoke(cli, [str(tmp_path)], env={"CONTRAHASH_TOKEN": "envtok"})
     assert result.exit_code == 0, result.output
-    assert opened == [tmp_path] and calls[-1]["host"] == "127.0.0.1" and calls[-1]["port"] == 8000
-    assert calls[-1]["app"].state.serve.settings.token == "envtok"
+    assert [c.path for c in opened] == [tmp_path]
+    assert calls[-1]["host"] == "127.0.0.1" and calls[-1]["port"] == 8000
+    settings = calls[-1]["app"].state.serve.settings
+    assert settings.token == "envtok" and settings.warm_up
+    assert team_sizes == [1] and settings.encode_threads == torch.get_num_threads()
+    assert getattr(opened[-1], "closed", False)  # closed when the server stops
 
     result = runner.invoke(cli, [str(tmp_path), "--port", "9123", "--max-upload-mb", "2",
                                  "--token", "cli"], env={"CONTRAHASH_TOKEN": ""})

@@ -103,3 +103,8 @@ class Collection(Protocol):
     def info(self) -> dict[str, Any]:
         """A JSON-serialisable summary of the manifest (count, bits, run id, created_at, ...)."""
         ...
+
+    def close(self) -> None:
+        """Release what the collection holds outside the process (connections to a remote
+        index); idempotent. ``contrahash serve`` calls it when the server stops."""
+        ...
