@@ -101,6 +101,18 @@ def test_training_from_block_inputs_runs_resumes_and_caches(tmp_path):
         assert np.array_equal(a["database"], b["database"])
 
 
+def test_a_validation_split_shares_the_protocols_evaluated_image_cache(tmp_path):
+    """A validation carve-out (database images as queries) evaluates images the split already
+    holds: the validation run finds every cached array of the protocol's run and adds none."""
+    base = [*DIGITS, "method=cibhash", "optim.epochs=1", f"cache.dir={tmp_path / 'cache'}"]
+    base[1] = "data.protocol_options={query: 0.05, train: 300, val_size: 60}"
+    train_run(resolve_config(None, base), tmp_path / "test")
+    keys = {p.name for p in (tmp_path / "cache").glob("*.json")}
+    val = train_run(resolve_config(None, [*base, "evaluate_on=val"]), tmp_path / "val")
+    assert val.results["evaluated_on"] == "val"
+    assert {p.name for p in (tmp_path / "cache").glob("*.json")} == keys
+
+
 def test_block_cache_needs_blocks_to_fine_tune(tmp_path):
     cfg = resolve_config(None, [*DIGITS, "method=cibhash", "backbone.finetune_blocks=0",
                                 "optim.epochs=1", f"cache.dir={tmp_path / 'cache'}"])

@@ -102,15 +102,6 @@ class FeatureProvider:
         s = self.split
         return np.unique(np.concatenate([s.query, s.database, s.train]))
 
-    def cached_indices(self) -> np.ndarray:
-        """Dataset indices whose un-augmented features (or block inputs) are computed and cached:
-        the split's images, or every image of the dataset when the split uses at least 90% of
-        it — so that splits of one dataset (a protocol and its validation carve-out, which
-        leaves the protocol's queries out) share one cache instead of computing it twice."""
-        used = self.used_indices()
-        n = len(self.dataset.images)
-        return np.arange(n) if len(used) >= 0.9 * n else used
-
     def feature_key(self, kind: str, **extra: Any) -> dict[str, Any]:
         """The cache key of a feature array: everything its values depend on."""
         bb = self.cfg.backbone
@@ -141,7 +132,7 @@ class FeatureProvider:
         feature cache when the backbone is frozen.
         """
         if self._clean is None:
-            used = self.cached_indices()
+            used = self.used_indices()
             self._clean_row = np.full(len(self.dataset.images), -1, dtype=np.int64)
             self._clean_row[used] = np.arange(len(used))
             if self.model.frozen:
@@ -385,7 +376,7 @@ class BlockCache(FeatureProvider):
     def clean_blocks(self) -> torch.Tensor:
         """[n_used, ...] block inputs of every image the split uses (test transform)."""
         if self._clean_blocks is None:
-            used = self.cached_indices()
+            used = self.used_indices()
             self._clean_row = np.full(len(self.dataset.images), -1, dtype=np.int64)
             self._clean_row[used] = np.arange(len(used))
             key = self.feature_key("block-clean", blocks=self.blocks, images=hash_indices(used))
