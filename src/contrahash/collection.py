@@ -429,12 +429,9 @@ class Collection:
     def close(self) -> None:
         """Release what searches hold outside the process (Milvus connections; an embedded
         Milvus Lite server stops with its last user). Idempotent; in-process faiss needs none."""
-        snapshot = getattr(self, "_snapshot", None)
-        if snapshot is None:
-            return
-        local = {id(index) for index in snapshot.local.values()}
-        for index in snapshot.indexes.values():
-            if id(index) not in local and hasattr(index, "close"):
+        snapshot = self._snapshot
+        for bits, index in snapshot.indexes.items():
+            if index is not snapshot.local.get(bits):  # a remote index (Milvus), not faiss
                 index.close()
 
     def __enter__(self) -> Collection:
