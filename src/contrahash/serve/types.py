@@ -36,13 +36,20 @@ class Item:
 
     ``name`` is for display only (a file name or ``"cifar10[123]"``); ``path`` is where the image
     came from on the indexing machine and is never sent to clients; ``labels`` are class names
-    (possibly none).
+    of a labelled dataset (possibly none). ``album`` is the item's folder relative to its
+    source's root (``""`` at the top level, ``None`` for sources that are not folders);
+    ``sha256`` is the hex hash of the file's bytes (exact duplicates share it); ``width`` and
+    ``height`` are the image's size as displayed (EXIF orientation applied), when known.
     """
 
     id: int
     name: str
     path: str | None = None
     labels: list[str] = field(default_factory=list)
+    album: str | None = None
+    sha256: str | None = None
+    width: int | None = None
+    height: int | None = None
 
 
 @runtime_checkable
