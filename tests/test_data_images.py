@@ -34,9 +34,15 @@ def test_gray_rgba_palette_become_rgb():
     assert out.shape == (4, 5, 3) and out.dtype == np.uint8 and (out == 77).all()
 
     rgba = np.zeros((3, 3, 4), dtype=np.uint8)
-    rgba[..., 0], rgba[..., 3] = 200, 0  # fully transparent red: alpha is dropped
+    rgba[..., 0], rgba[..., 3] = 200, 0  # fully transparent red: the white background shows
+    rgba[0, 0, 3] = 255  # one opaque red pixel
+    rgba[0, 1, 3] = 128  # one half-transparent red pixel over white
     out = np.asarray(to_rgb(Image.fromarray(rgba, "RGBA")))
-    assert out.shape == (3, 3, 3) and (out[..., 0] == 200).all() and (out[..., 1:] == 0).all()
+    assert out.shape == (3, 3, 3) and out[0, 0].tolist() == [200, 0, 0]
+    assert (out[1:] == 255).all()
+    # alpha compositing by hand: c = a * c_fg + (1 - a) * 255
+    expected = [round(128 / 255 * v + (1 - 128 / 255) * 255) for v in (200, 0, 0)]
+    assert np.abs(out[0, 1].astype(int) - expected).max() <= 1
 
     pal = Image.new("P", (2, 2))
     pal.putpalette([0, 0, 0, 10, 20, 30] + [0] * 762)

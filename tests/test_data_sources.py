@@ -65,24 +65,27 @@ def messy_folder(tmp_path):
     good = (root / "cat" / "b.jpg").read_bytes()
     (root / "cat" / "truncated.jpg").write_bytes(good[: len(good) // 2])
     (root / "cat" / ".DS_Store").write_bytes(b"hidden files are ignored")
-    (root / "README.md").write_text("files in ROOT are ignored")
+    (root / "cat" / "Thumbs.db").write_bytes(b"system files are ignored")
+    (root / "README.md").write_text("files in ROOT have no class")
     return root
 
 
 def test_folder_skips_bad_files_and_converts_modes(messy_folder):
-    with pytest.warns(UserWarning, match="skipped 4 of 10"):
-        ds = load_source(messy_folder)
+    with pytest.warns(UserWarning, match="skipped 5 of 11"):
+        ds = load_source(messy_folder, labels="folders")
     assert isinstance(ds.images, TensorImages)
     assert ds.class_names == ["cat", "dog"]
-    assert len(ds) == 6 and ds.n_skipped == 4
+    assert len(ds) == 6 and ds.n_skipped == 5
     assert {Path(p).name for p, _ in ds.skipped} == {
         "zero.jpg",
         "notes.txt",
         "corrupt.jpg",
         "truncated.jpg",
+        "README.md",
     }
     reasons = dict((Path(p).name, r) for p, r in ds.skipped)
     assert "empty" in reasons["zero.jpg"]
+    assert "not in a class folder" in reasons["README.md"]
     assert ds.images.image_size == (10, 10)  # all equal sizes keep their size
     imgs = ds.images[:]
     assert imgs.dtype == torch.uint8 and imgs.shape == (6, 10, 10, 3)
@@ -103,11 +106,11 @@ def test_folder_with_one_percent_corrupt_reports_exact_count(tmp_path):
         else:
             _save(root / cls / f"{i:03d}.png", _rgb(6, 6))
     with pytest.warns(UserWarning, match="skipped 2 of 200"):
-        ds = load_source(root)
+        ds = load_source(root, labels="folders")
     assert len(ds) == 198 and ds.n_skipped == 2
     assert sorted(Path(p).name for p, _ in ds.skipped) == ["017.jpg", "151.jpg"]
     with pytest.warns(UserWarning, match="skipped 2 of 200"):
-        lazy = load_source(root, lazy=True, store_size=6)
+        lazy = load_source(root, lazy=True, store_size=6, labels="folders")
     assert isinstance(lazy.images, LazyImages) and len(lazy) == 198
     assert torch.equal(lazy.images[[0, 5, 197]], ds.images[[0, 5, 197]])
 
@@ -132,7 +135,7 @@ def test_split_layout_keeps_groups(tmp_path):
         for cls in classes:
             for i in range(n):
                 _save(root / split / cls / f"{i}.png", _rgb(4, 4))
-    ds = load_source(root)
+    ds = load_source(root, labels="folders")
     assert ds.class_names == ["ant", "bee", "cow"]
     assert set(ds.groups) == {"train", "test"}
     assert int(ds.groups["train"].sum()) == 6 and int(ds.groups["test"].sum()) == 4
@@ -143,7 +146,7 @@ def test_class_named_like_a_split_with_files_is_a_class(tmp_path):
     root = tmp_path / "flat"
     _save(root / "train" / "x.png", _rgb(4, 4))  # files directly inside: a class, not a split
     _save(root / "test" / "y.png", _rgb(4, 4))
-    ds = load_source(root)
+    ds = load_source(root, labels="folders")
     assert ds.class_names == ["test", "train"] and ds.groups is None
 
 
@@ -155,6 +158,8 @@ def test_folder_structural_errors(tmp_path):
         load_source(tmp_path / "empty")
     (tmp_path / "hollow" / "a").mkdir(parents=True)
     with pytest.raises(DataError, match="empty dataset"):
+        load_source(tmp_path / "hollow", labels="folders")
+    with pytest.raises(DataError, match="no images in the folder or its sub-folders"):
         load_source(tmp_path / "hollow")
     bad = tmp_path / "allbad" / "a"
     bad.mkdir(parents=True)

@@ -62,6 +62,11 @@ class DataConfig:
     protocol_options: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     cache_dir: str | None = None
+    #: how an image folder's sub-folders are read: "albums" (a photo library, no labels),
+    #: "folders" (class folders, a labelled dataset), "auto" (folders when the protocol is a
+    #: benchmark preset, which needs labels; albums for "custom"). Other sources carry their
+    #: own labels (CIFAR, list files) or none (digits are labelled, a flat folder is not).
+    labels: str = "auto"
 
 
 @dataclass
@@ -305,6 +310,14 @@ OPTIM_NAMES = ("adam", "sgd")
 SCHEDULES = ("constant", "cosine")
 CACHE_MODES = ("auto", "on", "off", "blocks")
 EVALUATE_ON = ("query", "val")
+DATA_LABELS = ("auto", "albums", "folders")
+
+
+def folder_labels(data: DataConfig) -> str:
+    """How ``data``'s image folder is read ("albums" or "folders"), ``auto`` resolved."""
+    if data.labels != "auto":
+        return data.labels
+    return "albums" if data.protocol == "custom" else "folders"
 
 
 def _optim_types() -> dict[str, Any]:
@@ -396,6 +409,7 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
     if cfg.eval_batch_size is not None:
         _check_number("eval_batch_size", cfg.eval_batch_size, low=1)
     _check_choice("evaluate_on", cfg.evaluate_on, EVALUATE_ON)
+    _check_choice("data.labels", cfg.data.labels, DATA_LABELS)
     _check_choice("compile_mode", cfg.compile_mode, COMPILE_MODES)
     return cfg
 

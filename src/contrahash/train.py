@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from contrahash.config import TrainConfig, expand_source
+from contrahash.config import TrainConfig, expand_source, folder_labels
 from contrahash.distributed import BatchGroup, context, global_batchnorm
 from contrahash.features import FeatureCache
 from contrahash.methods.base import HashMethod, OptimSpec, StepInfo
@@ -371,7 +371,8 @@ class Trainer:
                                      source=cfg.data.source):
                 dataset = load_source(expand_source(cfg.data.source),
                                       image_root=cfg.data.image_root,
-                                      cache_dir=cfg.data.cache_dir)
+                                      cache_dir=cfg.data.cache_dir,
+                                      labels=folder_labels(cfg.data))
             self.run.track("split")
             split = split_for_run(self.run.path, cfg.data.protocol, dataset,
                                   seed=cfg.data.seed, **cfg.data.protocol_options)

@@ -23,7 +23,9 @@ class ImageDataset:
     ``paths`` names each image's file (None for sources without files); ``decoding`` says how
     one of the source's files becomes its stored image (:func:`contrahash.data.images.
     decode_like_source`), so a file from outside can be decoded exactly alike. A source without
-    labels (a flat folder, a single image, a list of paths) has ``C = 0`` label columns.
+    labels (a photo folder, a single image, a list of paths) has ``C = 0`` label columns;
+    ``albums`` names each image's folder relative to ``root`` for a photo folder ("" at its
+    top; None for other sources).
     """
 
     images: ImageStore
@@ -35,6 +37,8 @@ class ImageDataset:
     groups: dict[str, np.ndarray] | None = None
     paths: list[str] | None = None
     decoding: dict | None = None
+    albums: list[str] | None = None
+    root: str | None = None
 
     def __post_init__(self) -> None:
         labels = np.asarray(self.labels)
@@ -64,6 +68,8 @@ class ImageDataset:
             self.groups = groups
         if self.paths is not None and len(self.paths) != n:
             raise DataError(f"dataset '{self.name}': {len(self.paths)} paths for {n} images")
+        if self.albums is not None and len(self.albums) != n:
+            raise DataError(f"dataset '{self.name}': {len(self.albums)} albums for {n} images")
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])

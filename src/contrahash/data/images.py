@@ -3,12 +3,19 @@
 Every image leaves this module as RGB ``uint8`` ``[H, W, 3]``:
 
 * grayscale (``L``, ``1``), ``CMYK``, ``YCbCr``, ``LA`` → RGB;
-* ``RGBA``/``LA``/``PA`` and palette images with transparency → RGB by dropping alpha, as
-  ``PIL.Image.convert("RGB")`` (and so torchvision's ``ImageFolder``) does;
+* ``RGBA``/``LA``/``PA`` and palette images with transparency → RGB composited over white,
+  as a photo viewer shows them (dropping alpha would show whatever colour a transparent
+  pixel happens to store, often black);
 * 16-bit (``I;16``, ``I;16B``, …) and 32-bit integer ``I`` images → ``round(v / 257)``, i.e.
   0..65535 maps onto 0..255 (Pillow opens 16-bit PNG/TIFF as ``I;16`` or ``I``); values outside
   0..65535 are clipped;
-* float ``F`` images → values in 0..1 are scaled by 255, otherwise clipped to 0..255.
+* float ``F`` images → values in 0..1 are scaled by 255, otherwise clipped to 0..255;
+* animated GIF/WebP/PNG → their first frame;
+* the EXIF ``Orientation`` tag is applied (:func:`orient`): a phone photo stored sideways
+  with Orientation 6 decodes upright, as every photo viewer shows it, and its size is
+  reported upright by :func:`probe_image`;
+* HEIC/HEIF photos decode when the optional ``pillow-heif`` package is installed
+  (``contrahash[heif]``); without it they are refused with a message naming the extra.
 
 Two stores share one interface (``len(store)``, ``store[idx]`` → ``torch.uint8``
 ``[B, H, W, 3]``, or ``[H, W, 3]`` for an int, and ``store.image_size``):
@@ -33,12 +40,72 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 #: value of every pixel of the placeholder returned for a file that fails at access time
 PLACEHOLDER_VALUE = 128
 
 _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+
+#: the EXIF tag that says how a stored image must be turned to be shown upright
+EXIF_ORIENTATION = 0x0112
+#: orientations that swap width and height (a transpose is part of them)
+_SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
+#: file name endings of HEIC/HEIF photos (the iPhone default), readable with pillow-heif
+HEIF_SUFFIXES = frozenset({".heic", ".heif", ".hif"})
+#: how to get HEIC/HEIF support
+HEIF_HINT = "install the heif extra: pip install 'contrahash[heif]' (pillow-heif)"
+
+
+class MissingHeifSupport(ValueError):
+    """A HEIC/HEIF photo was met and ``pillow-heif`` is not installed."""
+
+
+def heif_available() -> bool:
+    """Register pillow-heif's HEIC/HEIF opener with Pillow if it is installed; whether it is."""
+    global _HEIF
+    if _HEIF is None:
+        try:
+            from pillow_heif import register_heif_opener
+        except ImportError:
+            _HEIF = False
+        else:
+            register_heif_opener()
+            _HEIF = True
+    return _HEIF
+
+
+_HEIF: bool | None = None
+
+
+def is_heif(path: str | os.PathLike) -> bool:
+    """Whether a file is named like a HEIC/HEIF photo."""
+    return Path(path).suffix.lower() in HEIF_SUFFIXES
+
+
+def orientation(img: Image.Image) -> int:
+    """The EXIF orientation of an opened image (1 = stored upright; 1 when there is none)."""
+    try:
+        value = img.getexif().get(EXIF_ORIENTATION, 1)
+    except DECODE_ERRORS:  # a damaged EXIF block: show the pixels as stored
+        return 1
+    return int(value) if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def orient(img: Image.Image) -> Image.Image:
+    """``img`` turned upright by its EXIF orientation (the same image when it has none)."""
+    if orientation(img) == 1:
+        return img
+    try:
+        return ImageOps.exif_transpose(img)
+    except DECODE_ERRORS:
+        return img
+
+
+def upright_size(img: Image.Image) -> tuple[int, int]:
+    """``(width, height)`` of an opened image as shown, its EXIF orientation applied."""
+    w, h = img.size
+    return (h, w) if orientation(img) in _SWAPPING_ORIENTATIONS else (w, h)
 
 # Errors Pillow raises for a bad file; anything else (MemoryError, KeyboardInterrupt) propagates.
 DECODE_ERRORS = (
@@ -80,6 +147,11 @@ def to_rgb(img: Image.Image) -> Image.Image:
         return Image.fromarray(gray, "L").convert("RGB")
     if mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")  # Pillow warns when converting such palettes straight to RGB
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
     return img.convert("RGB")
 
 
@@ -87,16 +159,17 @@ def decode_image(source: str | os.PathLike | bytes, size: int | None = None) -> 
     """Decode one file (path or bytes) to RGB ``uint8 [H, W, 3]``; resize to ``size²`` if given.
 
     JPEGs use Pillow's draft mode (DCT-domain downscaling) first, so a large photo that ends up
-    at 256² never decodes at full resolution. Resizing squashes to a square (no crop), the
-    same geometry as the test-time "resize to the input size" transform. Raises one of
-    :data:`DECODE_ERRORS` for a bad file.
+    at 256² never decodes at full resolution. The EXIF orientation is applied before resizing.
+    Resizing squashes to a square (no crop), the same geometry as the test-time "resize to the
+    input size" transform. Raises one of :data:`DECODE_ERRORS` for a bad file
+    (:class:`MissingHeifSupport` for a HEIC/HEIF photo without pillow-heif).
     """
     fp = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source
-    with Image.open(fp) as img:
+    with open_image(fp) as img:
         if size is not None and img.format == "JPEG":
             img.draft("RGB", (size, size))
         img.load()
-        rgb = to_rgb(img)
+        rgb = to_rgb(orient(img))
         if size is not None and rgb.size != (size, size):
             rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
         arr = np.array(rgb, dtype=np.uint8)  # a writable copy (asarray is read-only)
@@ -113,17 +186,45 @@ def probe_image(path: str | os.PathLike, verify: bool = False) -> tuple[int, int
     """
     if os.path.getsize(path) == 0:
         raise ValueError("empty file (0 bytes)")
-    with Image.open(path) as img:
-        w, h = img.size
-        if verify:
+    if verify:  # verify() must come straight after open, and spends the image
+        with open_image(path) as img:
             img.verify()
+    with open_image(path) as img:
+        w, h = upright_size(img)
     if w <= 0 or h <= 0:
         raise ValueError(f"image has size {w}x{h}")
     return h, w
 
 
+def open_image(source: str | os.PathLike | io.BytesIO) -> Image.Image:
+    """``Image.open`` that knows HEIC/HEIF: with pillow-heif installed such photos open like
+    any other; without it a :class:`MissingHeifSupport` names the extra to install."""
+    try:
+        return Image.open(source)
+    except UnidentifiedImageError:
+        if heif_available():
+            raise
+        head = b""
+        if isinstance(source, io.BytesIO):
+            head = source.getvalue()[:12]
+        else:
+            with open(source, "rb") as f:
+                head = f.read(12)
+        if is_heif(str(source)) or _looks_like_heif(head):
+            raise MissingHeifSupport(f"a HEIC/HEIF photo: {HEIF_HINT}") from None
+        raise
+
+
+def _looks_like_heif(head: bytes) -> bool:
+    """An ISO base-media file whose brand is one of HEIF's (``ftypheic``, ``ftypmif1``, …)."""
+    return len(head) >= 12 and head[4:8] == b"ftyp" and head[8:12] in (
+        b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1", b"hevx")
+
+
 def describe_error(exc: BaseException) -> str:
     """A one-line reason for a skipped file."""
+    if isinstance(exc, MissingHeifSupport):
+        return str(exc)
     if isinstance(exc, UnidentifiedImageError):
         return "not an image Pillow can read"
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
@@ -340,9 +441,12 @@ def decode_like_source(data: bytes, decoding: dict | None = None,
         raise ValueError("empty file (0 bytes)")
     decoding = decoding or {}
     try:
-        with Image.open(io.BytesIO(data)) as probe:
+        with open_image(io.BytesIO(data)) as probe:
             width, height = probe.size
             fmt = probe.format
+            turned = orientation(probe) != 1
+    except MissingHeifSupport as exc:
+        raise ValueError(str(exc)) from None
     except DECODE_ERRORS as exc:
         raise ValueError(f"not an image ({describe_error(exc)})") from None
     if width * height > max_pixels:
@@ -350,7 +454,7 @@ def decode_like_source(data: bytes, decoding: dict | None = None,
                          f"limit of {max_pixels:,} (a decompression bomb?)")
     size, resize = decoding.get("size"), decoding.get("resize")
     try:
-        if decoding.get("decoder") == "torchvision-jpeg" and fmt == "JPEG":
+        if decoding.get("decoder") == "torchvision-jpeg" and fmt == "JPEG" and not turned:
             from torchvision.io import ImageReadMode, decode_jpeg
 
             with warnings.catch_warnings():
@@ -365,3 +469,25 @@ def decode_like_source(data: bytes, decoding: dict | None = None,
     if resize == "torch" and size and arr.shape[:2] != (size, size):
         arr = resize_tensor_images(torch.from_numpy(arr)[None], int(size))[0].numpy()
     return arr
+
+
+def decode_upright(source: str | os.PathLike | bytes, min_side: int | None = None
+                   ) -> tuple[Image.Image, tuple[int, int]]:
+    """One file as shown: an upright ``RGB`` Pillow image and its full upright ``(width,
+    height)``. With ``min_side``, JPEGs decode in draft mode at the smallest DCT scale whose
+    shorter side is still at least ``min_side`` (thumbnails and perceptual codes of a 12 MP
+    photo need not decode 12 MP). The aspect ratio is kept. Raises one of
+    :data:`DECODE_ERRORS` for a bad file.
+    """
+    fp = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source
+    with open_image(fp) as img:
+        full = upright_size(img)
+        if min_side is not None and img.format == "JPEG":
+            w, h = img.size
+            scale = max(1.0, min(w, h) / float(min_side))
+            img.draft("RGB", (int(w / scale), int(h / scale)))
+        img.load()
+        rgb = to_rgb(orient(img))
+        if rgb is img:  # closing the file closes the image it was opened as
+            rgb = img.copy()
+    return rgb, full

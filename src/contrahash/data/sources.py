@@ -5,7 +5,8 @@
 | ``"digits"`` | scikit-learn's 1,797 8×8 digits | in memory, 8×8 |
 | ``path/to/file.npz`` | packed-JPEG CIFAR-10 (decoded once, cached) | in memory, 32×32 |
 | ``"cifar10"`` / ``…/cifar-10-batches-py`` (or its parent) | torchvision's python pickles | in memory, 32×32 |
-| ``ROOT/`` with ``ROOT/<class>/<file>`` or ``ROOT/<split>/<class>/<file>`` | image folder | see below |
+| ``ROOT/`` (files at any depth; sub-folders are albums) | photo folder, unlabelled | see below |
+| the same with ``labels="folders"``: ``ROOT/<class>/<file>`` or ``ROOT/<split>/<class>/<file>`` | class folders, labelled | see below |
 | ``list.txt`` (``rel/path.jpg l1 … lC``, 0/1 multi-hot) | list file, paths under ``image_root`` | see below |
 
 Folder and list sources load into memory when they hold at most :data:`LAZY_THRESHOLD` images
@@ -13,6 +14,12 @@ Folder and list sources load into memory when they hold at most :data:`LAZY_THRE
 :class:`LazyImages` store decoding on access. In memory, images that all share one size keep it
 (unless ``store_size`` asks for another); mixed sizes are resized to ``store_size`` (default
 256) squared. Lazy stores always resize to ``store_size`` (default 256).
+
+A folder is a photo library unless the caller says its folders are classes: every image at
+every depth is an item, its folder (relative to ``ROOT``) is its *album*, and there are no
+labels. Hidden and system files (dot-files such as ``._IMG_1.jpg`` and ``.DS_Store``,
+``Thumbs.db``, ``desktop.ini``, ``@eaDir``/``__MACOSX`` folders) are skipped silently. Large
+photos are stored at ``store_size`` (default 256) squared, like mixed sizes.
 
 Bad files (zero bytes, not an image, undecodable, truncated, missing) are skipped, counted in
 ``dataset.skipped`` and summarised in one ``UserWarning``. For lazy stores the load-time check
@@ -39,7 +46,10 @@ from contrahash.data.dataset import ImageDataset, one_hot
 from contrahash.data.errors import DataError
 from contrahash.data.images import (
     DECODE_ERRORS,
+    HEIF_HINT,
+    HEIF_SUFFIXES,
     LazyImages,
+    MissingHeifSupport,
     TensorImages,
     decode_image,
     default_workers,
@@ -57,6 +67,15 @@ LAZY_THRESHOLD = 20_000
 MEMORY_BUDGET = 4 << 30
 #: side length images are resized to when a source needs one common size
 DEFAULT_STORE_SIZE = 256
+#: images of one common size keep it in memory only up to this side length (photos are
+#: stored at DEFAULT_STORE_SIZE: the model sees 224 px, 12 MP in memory would be waste)
+MAX_NATIVE_SIDE = 512
+#: how a folder's sub-folders are read: "albums" (a photo library, no labels) or "folders"
+#: (class folders: a labelled dataset)
+FOLDER_LABELS = ("albums", "folders")
+#: files that operating systems and photo tools leave in folders: never data, never reported
+SYSTEM_FILES = frozenset({"thumbs.db", "desktop.ini", "icon\r", "ehthumbs.db", "ehthumbs_vista.db"})
+SYSTEM_FOLDERS = frozenset({"@eadir", "__macosx", "$recycle.bin", "system volume information"})
 #: top-level folder names that mark a ``ROOT/<split>/<class>/<file>`` tree
 SPLIT_NAMES = frozenset(
     "train training test testing val valid validation dev database db query queries "
@@ -65,7 +84,7 @@ SPLIT_NAMES = frozenset(
 LIST_SUFFIXES = frozenset({".txt", ".lst", ".list"})
 #: file name endings read as one image when given as a source
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
-                            ".ppm", ".pgm"})
+                            ".ppm", ".pgm", *HEIF_SUFFIXES})
 CIFAR_DIR = "cifar-10-batches-py"
 _CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 _CIFAR_TEST = "test_batch"
@@ -86,8 +105,12 @@ def load_source(
     workers: int | None = None,
     lazy: bool | None = None,
     class_names: Sequence[str] | str | os.PathLike | None = None,
+    labels: str = "albums",
 ) -> ImageDataset:
     """Load a dataset from a spec (see the module docstring for what a spec can be).
+
+    ``labels`` says how an image folder's sub-folders are read: ``"albums"`` (default: a
+    photo library, every image at every depth, no labels) or ``"folders"`` (class folders).
 
     ``store_size`` resizes stored images to ``store_size²`` (default: keep a common native
     size, else 256); ``cache_dir`` (default :func:`default_cache_dir`) holds decoded packed
@@ -102,6 +125,8 @@ def load_source(
     """
     if store_size is not None and int(store_size) <= 0:
         raise DataError(f"store_size must be a positive number of pixels, got {store_size}")
+    if labels not in FOLDER_LABELS:
+        raise DataError(f"labels must be one of {', '.join(FOLDER_LABELS)}, got {labels!r}")
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     text = os.fspath(spec)
     if text == "digits":
@@ -137,7 +162,8 @@ def load_source(
         )
     if _cifar_dir(path) is not None:
         return load_cifar_pickles(path, download=download, store_size=store_size)
-    return load_image_folder(path, store_size=store_size, workers=workers, lazy=lazy)
+    return load_image_folder(path, store_size=store_size, workers=workers, lazy=lazy,
+                             labels=labels)
 
 
 # --- digits ---------------------------------------------------------------------------------
@@ -329,17 +355,28 @@ class _Entry:
     rel: str  # relative to the root (fingerprint, messages)
 
 
-def _walk_files(folder: Path) -> list[Path]:
+def is_system_file(name: str) -> bool:
+    """Hidden and system files that are never data (see the module docstring)."""
+    return name.startswith(".") or name.lower() in SYSTEM_FILES
+
+
+def _is_system_folder(name: str) -> bool:
+    return name.startswith(".") or name.lower() in SYSTEM_FOLDERS
+
+
+def walk_image_files(folder: Path) -> list[Path]:
+    """Every file under ``folder`` at any depth, sorted, without hidden and system files."""
     out = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        out.extend(Path(dirpath) / f for f in sorted(filenames) if not f.startswith("."))
+        dirnames[:] = sorted(d for d in dirnames if not _is_system_folder(d))
+        out.extend(Path(dirpath) / f for f in sorted(filenames) if not is_system_file(f))
     return out
 
 
 def _subdirs(folder: Path) -> list[Path]:
     return sorted(
-        (p for p in folder.iterdir() if p.is_dir() and not is_hidden(p)), key=lambda p: p.name
+        (p for p in folder.iterdir() if p.is_dir() and not _is_system_folder(p.name)),
+        key=lambda p: p.name,
     )
 
 
@@ -355,30 +392,38 @@ def load_image_folder(
     store_size: int | None = None,
     workers: int | None = None,
     lazy: bool | None = None,
+    labels: str = "albums",
 ) -> ImageDataset:
-    """``ROOT/<class>/<file>`` (files may sit deeper), ``ROOT/<split>/<class>/<file>``, or a
-    flat ``ROOT/<file>`` folder of unlabelled images (no sub-folders).
+    """An image folder: a photo library (``labels="albums"``, the default) or class folders
+    (``labels="folders"``).
 
-    The split layout is recognised when every top-level folder has a split-like name
+    As a photo library, every file at every depth is tried as an image; its folder relative to
+    ``ROOT`` is its album (``dataset.albums``; "" at the top); there are no labels. As class
+    folders: ``ROOT/<class>/<file>`` (files may sit deeper) or ``ROOT/<split>/<class>/<file>``;
+    the split layout is recognised when every top-level folder has a split-like name
     (:data:`SPLIT_NAMES`) and holds only folders; ``groups`` then maps each split folder's name
-    to its members. Class names are the (union of) class folder names, sorted. Files directly in
-    ``ROOT`` are ignored; dot-files are ignored; every other file is tried as an image.
+    to its members. Class names are the (union of) class folder names holding files, sorted;
+    files directly in ``ROOT`` are skipped and reported (they have no class). A folder without
+    sub-folders is an unlabelled flat folder either way. Hidden and system files are ignored;
+    every other file is tried as an image.
     """
     root = Path(root).expanduser()
     if not root.exists():
         raise DataError(f"image folder {root} does not exist")
     if not root.is_dir():
         raise DataError(f"{root} is not a folder")
+    if labels not in FOLDER_LABELS:
+        raise DataError(f"labels must be one of {', '.join(FOLDER_LABELS)}, got {labels!r}")
     top = _subdirs(root)
-    if not top:  # a flat folder: unlabelled images directly in ROOT
-        files = [f for f in sorted(root.iterdir()) if f.is_file() and not is_hidden(f)]
+    if not top or labels == "albums":  # a photo library: every file, its folder its album
+        files = walk_image_files(root)
         if not files:
-            raise DataError(f"{root}: no images (expected ROOT/<image>, ROOT/<class>/<image> or "
-                            "ROOT/<split>/<class>/<image>)")
-        entries = [_Entry(str(f), f.name) for f in files]
-        return _load_files(root.name or str(root), "flat-folder", str(root), entries,
+            raise DataError(f"{root}: no images in the folder or its sub-folders")
+        entries = [_Entry(str(f), f.relative_to(root).as_posix()) for f in files]
+        kind = "flat-folder" if not top else "photo-folder"
+        return _load_files(root.name or str(root), kind, str(root), entries,
                            np.zeros((len(entries), 0), np.uint8), [], None,
-                           store_size=store_size, workers=workers, lazy=lazy)
+                           store_size=store_size, workers=workers, lazy=lazy, albums=True)
     split_layout = _is_split_layout(top)
     layout: list[tuple[str | None, str, Path]] = []  # (split, class, folder)
     if split_layout:
@@ -386,21 +431,21 @@ def load_image_folder(
             layout.extend((split_dir.name, c.name, c) for c in _subdirs(split_dir))
     else:
         layout.extend((None, c.name, c) for c in top)
-    class_names = sorted({c for _, c, _ in layout})
+    found = [(split, cls, walk_image_files(folder)) for split, cls, folder in layout]
+    class_names = sorted({c for _, c, files in found if files})
     if not class_names:
-        raise DataError(f"{root}: the split folders hold no class folders")
+        raise DataError(f"{root}: no files under the class folders; empty dataset")
     index = {c: i for i, c in enumerate(class_names)}
     entries: list[_Entry] = []
     class_ids: list[int] = []
     splits: list[str] = []
-    for split, cls, folder in layout:
-        for f in _walk_files(folder):
+    for split, cls, files in found:
+        for f in files:
             entries.append(_Entry(str(f), f.relative_to(root).as_posix()))
             class_ids.append(index[cls])
             splits.append(split or "")
-    if not entries:
-        raise DataError(f"{root}: no files under the class folders; empty dataset")
-    labels = one_hot(np.asarray(class_ids, dtype=np.int64), len(class_names))
+    loose = [f for f in sorted(root.iterdir()) if f.is_file() and not is_system_file(f.name)]
+    labels_arr = one_hot(np.asarray(class_ids, dtype=np.int64), len(class_names))
     groups = None
     if split_layout:
         split_arr = np.asarray(splits)
@@ -410,12 +455,13 @@ def load_image_folder(
         "folder",
         str(root),
         entries,
-        labels,
+        labels_arr,
         class_names,
         groups,
         store_size=store_size,
         workers=workers,
         lazy=lazy,
+        extra_skipped=[(str(f), "not in a class folder (labels=folders)") for f in loose],
     )
 
 
@@ -555,8 +601,13 @@ def _probe(entry: _Entry, verify: bool):
         return hw, st.st_size, st.st_mtime_ns
     except FileNotFoundError:
         return "file not found"
+    except MissingHeifSupport:
+        return _NO_HEIF
     except DECODE_ERRORS as exc:
         return describe_error(exc)
+
+
+_NO_HEIF = f"a HEIC/HEIF photo: {HEIF_HINT}"
 
 
 def _load_files(
@@ -571,13 +622,22 @@ def _load_files(
     store_size: int | None,
     workers: int | None,
     lazy: bool | None,
+    albums: bool = False,
+    extra_skipped: Sequence[tuple[str, str]] = (),
 ) -> ImageDataset:
     workers = default_workers() if workers is None else max(1, int(workers))
     n_files = len(entries)
     verify = lazy is True or (lazy is None and n_files > LAZY_THRESHOLD)
     with ThreadPoolExecutor(max(2, 2 * workers)) as pool:
         probes = list(pool.map(lambda e: _probe(e, verify), entries, chunksize=64))
+    heif = [e.rel for e, p in zip(entries, probes, strict=True) if p is _NO_HEIF]
+    if heif:  # photos the user certainly wants: refuse rather than skip them
+        more = f" and {len(heif) - 1} more" if len(heif) > 1 else ""
+        raise DataError(f"{root}: {len(heif)} HEIC/HEIF photo(s) ({heif[0]}{more}) cannot be "
+                        f"read: {HEIF_HINT}")
     skipped = [(e.path, p) for e, p in zip(entries, probes, strict=True) if isinstance(p, str)]
+    skipped += list(extra_skipped)
+    n_files += len(extra_skipped)
     ok = np.array([not isinstance(p, str) for p in probes], dtype=bool)
     if not ok.any():
         _warn_skipped(skipped, n_files, root)
@@ -587,7 +647,8 @@ def _load_files(
         )
     sizes = {probes[i][0] for i in np.flatnonzero(ok)}
     n_ok = int(ok.sum())
-    if len(sizes) == 1 and (store_size is None or sizes == {(store_size, store_size)}):
+    native = len(sizes) == 1 and max(next(iter(sizes))) <= MAX_NATIVE_SIDE
+    if native and (store_size is None or sizes == {(store_size, store_size)}):
         target = None
         h, w = next(iter(sizes))
     else:
@@ -635,7 +696,15 @@ def _load_files(
         groups=groups,
         paths=[entries[i].path for i in keep],
         decoding=decoding,
+        albums=[_album(entries[i].rel) for i in keep] if albums else None,
+        root=root,
     )
+
+
+def _album(rel: str) -> str:
+    """A file's album: its folder relative to the source's root ("" at the top)."""
+    head, _, _ = rel.rpartition("/")
+    return head
 
 
 def _decode_all(
