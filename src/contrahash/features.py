@@ -110,9 +110,16 @@ def backbone_inputs(
 
 @torch.no_grad()
 def backbone_outputs(backbone: Any, x: torch.Tensor, device: torch.device, *, amp: bool = True,
-                     tokens: bool = False) -> np.ndarray:
+                     tokens: bool = False, engine: Callable[[np.ndarray], np.ndarray] | None = None
+                     ) -> np.ndarray:
     """Backbone outputs of prepared inputs ``x`` as float16 rows (what caches store and what
-    codes are computed from): the one forward of extraction, encoding and query encoding."""
+    codes are computed from): the one forward of extraction, encoding and query encoding.
+
+    ``engine`` (a compiled frozen forward, :mod:`contrahash.engine`) replaces the torch
+    forward when given; it takes the same normalised inputs as float32 NCHW.
+    """
+    if engine is not None:
+        return engine(x.float().contiguous().cpu().numpy()).astype(np.float16)
     with autocast_for(device, amp):
         f = backbone.forward_tokens(x) if tokens else backbone(x)
     return f.float().cpu().numpy().astype(np.float16)
@@ -133,11 +140,12 @@ def extract_features(
     out: np.ndarray | None = None,
     start: int = 0,
     on_batch: Callable[[int], None] | None = None,
+    engine: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> np.ndarray:
     """Backbone outputs of ``images[indices]`` under ``transform``, as float16 rows.
 
     Writes into ``out`` (e.g. a memmap) from row ``start`` when given, so long extractions can
-    resume; returns the filled array.
+    resume; returns the filled array. ``engine``: see :func:`backbone_outputs`.
     """
     device = torch.device(device)
     indices = np.asarray(indices, dtype=np.int64)
@@ -147,8 +155,9 @@ def extract_features(
         for lo in range(start, len(indices), batch_size):
             hi = min(lo + batch_size, len(indices))
             batch = images[indices[lo:hi]]
-            x = backbone_inputs(backbone, batch, transform, device, generator=generator)
-            f = backbone_outputs(backbone, x, device, amp=amp, tokens=tokens)
+            x = backbone_inputs(backbone, batch, transform, device, generator=generator,
+                                channels_last=engine is None)
+            f = backbone_outputs(backbone, x, device, amp=amp, tokens=tokens, engine=engine)
             if out is None:
                 out = np.empty((len(indices), *f.shape[1:]), dtype=np.float16)
             out[lo:hi] = f

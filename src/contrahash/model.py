@@ -6,13 +6,19 @@ method's, each from ``cfg.seed``). :func:`load_trained` reads a finished run bac
 everything needed to encode new images exactly as the run encoded its database: backbone
 spec and weights, the method and its weights, input resolution, precision and the test-time
 transform.
+
+On the CPU, the forwards of a backbone whose weights no longer change (frozen, or read back
+by :func:`load_trained`) and the frozen prefix under a block cache run on an inference
+engine when one is installed (:mod:`contrahash.engine`; ``HashingModel.engine`` picks it,
+:attr:`HashingModel.engine_name` says which one encodes).
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +56,18 @@ class HashingModel:
     amp: bool = True
     channels_last: bool = True
     eval_batch_size: int = 64
+    #: the requested inference engine ("auto", "torch", "openvino", "onnxruntime"); None:
+    #: the process default (:func:`contrahash.engine.default_engine`)
+    engine: str | None = None
+    #: where compiled exports are cached (a run's or a collection's ``engine/``); None: the
+    #: user cache's ``engines/``
+    engine_dir: Path | None = None
+    #: the backbone's weights will not change (a finished run read back): its whole forward
+    #: may run on the engine even when it was fine-tuned
+    weights_fixed: bool = False
+    _compiled: dict[tuple[Any, ...], Any] = field(default_factory=dict, repr=False, compare=False)
+    _compile_lock: threading.Lock = field(default_factory=threading.Lock, repr=False,
+                                          compare=False)
 
     @property
     def tokens(self) -> bool:
@@ -63,9 +81,67 @@ class HashingModel:
 
     @property
     def precision(self) -> str:
-        """The autocast precision of backbone forwards ("fp32", "bfloat16")."""
+        """The precision of backbone forwards: torch's autocast precision ("fp32",
+        "bfloat16"), or the engine's ("openvino-bf16", "onnxruntime-f32") when one runs them
+        (feature caches are keyed by it)."""
+        compiled = self.compiled_forward()
+        if compiled is not None:
+            return f"{compiled.engine}-{compiled.precision}"
+        return self.torch_precision
+
+    @property
+    def torch_precision(self) -> str:
+        """The autocast precision of torch's backbone forwards ("fp32", "bfloat16")."""
         dtype = autocast_dtype(self.device, self.amp)
         return "fp32" if dtype is None else str(dtype).removeprefix("torch.")
+
+    # -- the inference engine ------------------------------------------------------------
+    def compiled(self, part: tuple[Any, ...]) -> Any:
+        """The engine-compiled ``part`` of the backbone (:class:`~contrahash.engine.CompiledPart`:
+        ``("features",)``, ``("tokens",)`` or ``("blocks", n)`` for the frozen prefix below the
+        last n blocks), or None where torch runs it: CUDA, ``engine="torch"``, no engine
+        installed, weights that still train, or a failed export (one warning). Compiled once
+        per model and part."""
+        with self._compile_lock:
+            if part not in self._compiled:
+                self._compiled[part] = self._compile(part)
+            return self._compiled[part]
+
+    def _compile(self, part: tuple[Any, ...]) -> Any:
+        from contrahash.engine import compile_part, resolve_engine
+        from contrahash.features import default_cache_dir
+
+        backbone = self.backbone
+        if part[0] == "blocks":
+            blocks = backbone.blocks()
+            prefix = blocks[:len(blocks) - int(part[1])]
+            if not prefix or any(p.requires_grad for b in prefix for p in b.parameters()):
+                return None
+        elif not (self.frozen or self.weights_fixed) or not any(True for _ in backbone.parameters()):
+            return None
+        name = resolve_engine(self.engine, backbone, self.device)
+        if name == "torch":
+            return None
+        folder = self.engine_dir if self.engine_dir is not None else default_cache_dir() / "engines"
+        return compile_part(name, backbone, part, self.image_size, Path(folder), amp=self.amp)
+
+    def compiled_forward(self) -> Any:
+        """The compiled forward behind :meth:`extract` and :meth:`encode_images` (or None)."""
+        return self.compiled(("tokens",) if self.tokens else ("features",))
+
+    @property
+    def engine_name(self) -> str:
+        """Which engine encodes: "openvino", "onnxruntime" or "torch"."""
+        compiled = self.compiled_forward()
+        return "torch" if compiled is None else compiled.engine
+
+    def engine_info(self) -> dict[str, Any]:
+        """What a collection records about the forward that encoded it: engine name,
+        precision, version, threads (torch: its precision and version)."""
+        compiled = self.compiled_forward()
+        if compiled is not None:
+            return compiled.describe()
+        return {"name": "torch", "precision": self.torch_precision, "version": torch.__version__}
 
     def test_transform(self) -> Callable[..., torch.Tensor]:
         """The test-time transform: resize to the input resolution (no augmentation)."""
@@ -87,7 +163,8 @@ class HashingModel:
         return extract_features(
             self.backbone, images, indices, transform or self.test_transform(),
             device=self.device, batch_size=self.eval_batch_size, amp=self.amp,
-            tokens=self.tokens, generator=generator, out=out, start=start, on_batch=on_batch)
+            tokens=self.tokens, generator=generator, out=out, start=start, on_batch=on_batch,
+            engine=self.compiled_forward())
 
     def encode_images(self, images: Sequence[np.ndarray]) -> dict[int, np.ndarray]:
         """±1 int8 codes of decoded images (uint8 [H, W, 3], any sizes): the same transform,
@@ -97,13 +174,15 @@ class HashingModel:
         if not len(images):
             return {k: np.zeros((0, k), dtype=np.int8) for k in self.method.bits}
         transform = self.test_transform()
+        engine = self.compiled_forward()
         was_training = self.backbone.training
         self.backbone.eval()
         try:
             x = torch.cat([backbone_inputs(self.backbone, torch.from_numpy(
-                np.ascontiguousarray(img))[None], transform, self.device) for img in images])
+                np.ascontiguousarray(img))[None], transform, self.device,
+                channels_last=engine is None) for img in images])
             features = backbone_outputs(self.backbone, x, self.device, amp=self.amp,
-                                        tokens=self.tokens)
+                                        tokens=self.tokens, engine=engine)
         finally:
             self.backbone.train(was_training)
         return self.encode(features)
@@ -120,7 +199,9 @@ class HashingModel:
         return tensors
 
     def load_weights(self, tensors: dict[str, torch.Tensor]) -> None:
-        """Inverse of :meth:`weights`."""
+        """Inverse of :meth:`weights` (compiled backbone parts are dropped: new weights)."""
+        with self._compile_lock:
+            self._compiled.clear()
         self.method.load_state_dict({k[7:]: v for k, v in tensors.items()
                                      if k.startswith("method.")})
         backbone = {k[9:]: v for k, v in tensors.items() if k.startswith("backbone.")}
@@ -169,6 +250,8 @@ def load_trained(run_dir: str | os.PathLike, device: str | None = None
     model = build_model(cfg, select_device(cfg.device))
     model.load_weights(run.load_model(model.device))
     model.method.eval()
+    model.weights_fixed = True  # read back to encode: nothing trains any more
+    model.engine_dir = run.path / "engine"
     return cfg, model
 
 

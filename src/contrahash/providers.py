@@ -356,6 +356,7 @@ class BlockCache(FeatureProvider):
 
         model, backbone = self.model, self.model.backbone
         images = self.images()
+        engine = model.compiled(("blocks", self.blocks))  # the frozen prefix, compiled (CPU)
         out = np.empty((len(indices), *backbone.block_input_shape(self.blocks)), np.float16)
         was_training = backbone.training
         backbone.eval()
@@ -364,7 +365,11 @@ class BlockCache(FeatureProvider):
                 for lo in range(0, len(indices), model.eval_batch_size):
                     hi = min(lo + model.eval_batch_size, len(indices))
                     x = backbone_inputs(backbone, images[indices[lo:hi]], transform, model.device,
-                                        generator=generator)
+                                        generator=generator, channels_last=engine is None)
+                    if engine is not None:
+                        out[lo:hi] = engine(x.float().numpy()).astype(np.float16)
+                        on_batch(hi - lo)
+                        continue
                     with autocast_for(model.device, model.amp):
                         a = backbone.block_input(x, self.blocks)
                     out[lo:hi] = a.float().cpu().numpy().astype(np.float16)
@@ -379,7 +384,8 @@ class BlockCache(FeatureProvider):
             used = self.used_indices()
             self._clean_row = np.full(len(self.dataset.images), -1, dtype=np.int64)
             self._clean_row[used] = np.arange(len(used))
-            key = self.feature_key("block-clean", blocks=self.blocks, images=hash_indices(used))
+            key = self.feature_key("block-clean", blocks=self.blocks, images=hash_indices(used),
+                                   **self._prefix_engine())
             shape = (len(used), *self.model.backbone.block_input_shape(self.blocks))
             transform = self.model.test_transform()
             array = self.cached_rows(key, shape, used, "block inputs of the evaluated images",
@@ -395,7 +401,13 @@ class BlockCache(FeatureProvider):
             "block-views", self.model.backbone.block_input_shape(self.blocks),
             "block inputs of the training views",
             lambda aug, gen, on_batch: self._prefix(train, aug, gen, on_batch),
-            blocks=self.blocks)
+            blocks=self.blocks, **self._prefix_engine())
+
+    def _prefix_engine(self) -> dict[str, str]:
+        """The block-input cache key's engine part: empty for torch (existing caches keep their
+        keys), the engine and its precision when the prefix runs compiled."""
+        engine = self.model.compiled(("blocks", self.blocks))
+        return {} if engine is None else {"engine": f"{engine.engine}-{engine.precision}"}
 
     def _suffix(self, blocks: torch.Tensor, rows: np.ndarray, chunk: int = 256) -> np.ndarray:
         """Features of cached block inputs ``blocks[rows]`` through the current last N blocks

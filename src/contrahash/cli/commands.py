@@ -27,6 +27,9 @@ def _options(
     threads: Annotated[str | None, typer.Option(
         "--threads", help="CPU threads for torch and faiss (a number, or auto; also "
         "CONTRAHASH_THREADS); results at one seed depend on it, runs record it")] = None,
+    engine: Annotated[str | None, typer.Option(
+        "--engine", help="CPU inference engine of frozen backbone forwards: auto, torch, "
+        "openvino or onnxruntime (also CONTRAHASH_ENGINE; docs/engine.md)")] = None,
 ) -> None:
     """Unsupervised deep hashing for image retrieval: train, encode, index, search, evaluate."""
     from contrahash.runtime import apply_thread_policy
@@ -35,6 +38,13 @@ def _options(
         state["debug"] = True
     if threads is not None:
         apply_thread_policy(threads)
+    if engine is not None:
+        from contrahash.engine import set_default_engine
+
+        try:
+            set_default_engine(engine)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--engine") from None
 
 
 index_app = typer.Typer(help="Build, extend and inspect indexes: a collection directory from "
