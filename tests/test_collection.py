@@ -94,7 +94,8 @@ def test_build_writes_a_self_contained_directory(world, built):
     assert (built / "model" / "config.yaml").is_file()
     seg = built / "segments" / "000000"
     assert {p.name for p in seg.iterdir()} == {"codes_8.index", "codes_32.index", "items.jsonl",
-                                               "thumbnails.bin", "thumbnails.npy"}
+                                               "thumbnails.bin", "thumbnails.npy",
+                                               "perceptual.npy"}
     items = [json.loads(x) for x in (seg / "items.jsonl").read_text().splitlines()]
     assert [it["id"] for it in items] == list(range(120))
     assert items[1]["labels"] == ["<script>alert(1)</script>"]

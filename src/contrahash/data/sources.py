@@ -465,6 +465,28 @@ def load_image_folder(
     )
 
 
+def load_files(root: str | os.PathLike, paths: Sequence[str | os.PathLike], *,
+               store_size: int | None = None, workers: int | None = None) -> ImageDataset:
+    """Some files of a photo folder ``root`` (what ``index sync`` found new or changed), as
+    an unlabelled dataset whose albums are the files' folders relative to ``root``. Stored
+    at ``store_size`` squared when given (the collection's own geometry)."""
+    root = Path(root)
+    entries = []
+    for p in paths:
+        f = Path(p)
+        try:
+            rel = f.relative_to(root).as_posix()
+        except ValueError:
+            raise DataError(f"{f} is not under {root}") from None
+        entries.append(_Entry(str(f), rel))
+    if not entries:
+        raise DataError(f"{root}: no files given")
+    return _load_files(root.name or str(root), "photo-folder", str(root), entries,
+                       np.zeros((len(entries), 0), np.uint8), [], None, store_size=store_size,
+                       workers=workers, lazy=False if len(entries) <= LAZY_THRESHOLD else None,
+                       albums=True)
+
+
 def load_image_file(path: str | os.PathLike, *, store_size: int | None = None) -> ImageDataset:
     """One image file as an unlabelled dataset of one image."""
     path = Path(path).expanduser()
