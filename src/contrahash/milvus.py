@@ -3,8 +3,8 @@
 Install with ``pip install 'contrahash[milvus]'`` (pymilvus 2.5 and milvus-lite 2.5.1; the
 3.x milvus-lite releases dropped binary vectors).
 
-``MilvusIndex`` mirrors :class:`contrahash.index.HammingIndex` (``add``, ``search``, ``len``)
-but keeps the codes in a Milvus collection:
+``MilvusIndex`` mirrors :class:`contrahash.index.HammingIndex` (``add``, ``search``, ``len``;
+and ``remove``) but keeps the codes in a Milvus collection:
 
 * ``uri="path/codes.db"``: an embedded Milvus Lite database in one local file (a server
   process that pymilvus starts and this class stops on :meth:`MilvusIndex.close`). Milvus
@@ -88,6 +88,8 @@ INSERT_BYTES = 16 << 20
 INSERT_ROWS = 250_000
 #: Hits (queries x limit) per search request: about 12 MB of ids and distances.
 RESULT_HITS = 1 << 20
+#: Ids per ``id in [...]`` expression (lookups and deletes).
+ID_CHUNK = 8192
 INDEX_TYPES = ("BIN_FLAT", "BIN_IVF_FLAT")
 _PK, _VECTOR = "id", "code"
 _DESCRIPTION = "contrahash bits="
@@ -439,13 +441,28 @@ class MilvusIndex:
     def add(self, codes: Any, ids: Any = None, *, packed: bool = False) -> None:
         """Insert codes ``[n, bits]`` (±1, {0,1} or bool; or packed uint8 with ``packed=True``).
 
-        ``ids`` (int64, >= 0) default to consecutive numbers after the current count. Rows go
-        in requests of at most :data:`INSERT_BYTES` bytes / :data:`INSERT_ROWS` rows.
+        ``ids`` (int64, >= 0) default to consecutive numbers after the current count (after a
+        :meth:`remove`, pass them explicitly). Milvus does not enforce unique primary keys (a
+        second insert of an id would add a second row, and a search could return the id
+        twice), so ids repeated within ``ids`` or already in the collection are refused with
+        a :class:`MilvusError` and nothing is inserted; to replace an item, :meth:`remove` it
+        first. Rows go in requests of at most :data:`INSERT_BYTES` bytes / :data:`INSERT_ROWS`
+        rows.
         """
         coll = self._collection()
         p = self._as_packed(codes, packed, "codes")
         n = p.shape[0]
-        new_ids = item_ids(ids, n, len(self))
+        count = len(self)
+        new_ids = item_ids(ids, n, count)
+        unique, seen = np.unique(new_ids, return_counts=True)
+        if len(unique) != n:
+            raise MilvusError(f"{self._where()}: ids repeat within one add (e.g. "
+                              f"{unique[seen > 1][:5].tolist()}); each item needs its own id")
+        clash = self._ids_present(unique, limit=5) if count else unique[:0]
+        if len(clash):
+            raise MilvusError(
+                f"{self._where()}: ids {clash.tolist()} are already in the collection (Milvus "
+                "does not enforce unique ids); remove them first to replace those items")
         rows = max(1, min(INSERT_ROWS, INSERT_BYTES // (self.code_bytes + 16)))
         for s in range(0, n, rows):
             block = p[s : s + rows]
@@ -454,6 +471,53 @@ class MilvusIndex:
             except self._pm.MilvusException as exc:
                 raise MilvusError(f"{self._where()}: insert of rows {s}..{s + len(block) - 1} "
                                   f"failed: {exc.message}") from None
+
+    def remove(self, ids: Any) -> int:
+        """Delete the items with these ids; returns how many of them the collection held.
+
+        Ids it does not hold are ignored. A removed id may be added again (a re-encoded item
+        keeps its id: ``remove([i])`` then ``add(code, ids=[i])``); searches after the call
+        no longer return the removed items.
+        """
+        coll = self._collection()
+        raw = np.asarray(ids) if not isinstance(ids, np.ndarray) else ids
+        if raw.ndim != 1:
+            raise ValueError(f"ids must be a 1-D integer array; got shape {raw.shape}")
+        wanted = np.unique(item_ids(raw, raw.shape[0], 0))
+        if not len(wanted) or not len(self):
+            return 0
+        present = self._ids_present(wanted)
+        for s in range(0, len(present), ID_CHUNK):
+            chunk = present[s : s + ID_CHUNK]
+            try:
+                coll.delete(f"{_PK} in {chunk.tolist()}")
+            except self._pm.MilvusException as exc:
+                raise MilvusError(f"{self._where()}: delete of {len(chunk)} ids failed: "
+                                  f"{exc.message}") from None
+        return len(present)
+
+    def _ids_present(self, ids: np.ndarray, limit: int | None = None) -> np.ndarray:
+        """Those of the sorted unique ``ids`` the collection holds (sorted; the first ``limit``
+        found, when given). A contiguous run with a ``limit`` is one range query."""
+        coll = self._collection()
+        if limit is not None and int(ids[-1]) - int(ids[0]) + 1 == len(ids):
+            exprs = [f"{_PK} >= {int(ids[0])} and {_PK} <= {int(ids[-1])}"]
+        else:
+            exprs = [f"{_PK} in {ids[s : s + ID_CHUNK].tolist()}"
+                     for s in range(0, len(ids), ID_CHUNK)]
+        extra = {} if limit is None else {"limit": limit}
+        found: list[int] = []
+        for expr in exprs:
+            try:
+                rows = coll.query(expr, output_fields=[_PK], consistency_level="Strong",
+                                  **extra)
+            except self._pm.MilvusException as exc:
+                raise MilvusError(f"{self._where()}: id lookup failed: {exc.message}") from None
+            found.extend(int(r[_PK]) for r in rows)
+            if limit is not None and len(found) >= limit:
+                break
+        out = np.unique(np.asarray(found, dtype=np.int64))
+        return out if limit is None else out[:limit]
 
     # ---- search ----------------------------------------------------------------------------
 

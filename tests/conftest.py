@@ -1,0 +1,68 @@
+"""Fixtures shared by the whole test run.
+
+* Milvus Lite (and any glog-based binary) writes its log files into one folder of this run's
+  pytest temporary directory, not into /tmp's top level (its default).
+* ``milvus_server``: one standalone Milvus server (the PyPI package ``milvus`` 2.3.5, extra
+  ``milvus-server``) for the whole run, started when a test first asks for it, on 127.0.0.1,
+  its files under the run's temporary directory, stopped by its pid at the end. Without the
+  package the tests that use it skip, except under ``CI=true`` (``make`` installs the extra
+  there), where they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+
+import pytest
+
+TEST_SERVER_SETTINGS = {"proxy.timeTickInterval": 50, "queryCoord.checkInterval": 200,
+                        "queryCoord.distPullInterval": 100}
+
+
+def _missing(reason: str) -> None:
+    """Skip a test that needs something absent, or fail it in CI (where it must be there)."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI=true: the milvus-server extra must be installed)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _glog_files_off_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Milvus Lite's glog files go to this run's temporary directory (GLOG_log_dir)."""
+    logs = tmp_path_factory.mktemp("glog")
+    before = os.environ.get("GLOG_log_dir")
+    os.environ["GLOG_log_dir"] = str(logs)
+    yield
+    if before is None:
+        os.environ.pop("GLOG_log_dir", None)
+    else:
+        os.environ["GLOG_log_dir"] = before
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A running :class:`contrahash.milvus_server.LocalMilvusServer` (``.uri``, ``.pid``)."""
+    try:
+        import milvus  # noqa: F401 - the server package (extra milvus-server)
+        import pymilvus  # noqa: F401
+    except ImportError as exc:
+        _missing(f"a Milvus server test needs pip install 'contrahash[milvus,milvus-server]' "
+                 f"({exc})")
+    from contrahash.milvus_server import LocalMilvusServer, MilvusServerError
+
+    base = tmp_path_factory.mktemp("milvus-server")
+    # faster time ticks and load checks: a Strong read waits for the next tick (200 ms by
+    # default), a load for the next check (1 s); what the tests check does not depend on them
+    server = LocalMilvusServer(base, kill_with_parent=True, settings=TEST_SERVER_SETTINGS)
+    try:
+        server.start()
+    except MilvusServerError as exc:
+        _missing(f"the Milvus server did not start: {exc}")
+    try:
+        yield server
+    finally:
+        server.stop()
+        for bulky in ("bin", "data"):  # 250 MB of binaries; the logs and config stay
+            shutil.rmtree(base / bulky, ignore_errors=True)

@@ -1,0 +1,176 @@
+"""The same MilvusIndex cases on Milvus Lite and on a real standalone Milvus server.
+
+References are independent of Milvus: faiss' ``IndexBinaryFlat`` (ranks by (distance,
+insertion position), the order MilvusIndex reproduces when ids follow insertion order) and a
+brute-force (distance, id) ranking over bool codes. ``lite`` runs on one embedded ``.db`` for
+the module; ``server`` on the session's Milvus server (tests/conftest.py: ``milvus_server``,
+skipped without the ``milvus-server`` extra except under CI=true).
+"""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pymilvus", reason="MilvusIndex needs pip install 'contrahash[milvus]'")
+faiss = pytest.importorskip("faiss", reason="the reference is faiss' IndexBinaryFlat")
+
+from contrahash.index import PAD_DISTANCE  # noqa: E402
+from contrahash.milvus import MilvusError, MilvusIndex  # noqa: E402
+
+pytestmark = pytest.mark.timeout(300)
+_names = itertools.count()
+
+
+def _lite_usable() -> bool:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+        try:
+            import milvus_lite.server  # noqa: F401
+        except ImportError:
+            return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def lite_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    if not _lite_usable():
+        pytest.skip("milvus-lite is not usable: pip install 'contrahash[milvus]'")
+    return str(tmp_path_factory.mktemp("milvus-lite") / "backends.db")
+
+
+@pytest.fixture(params=["lite", "server"])
+def open_index(request: pytest.FixtureRequest):
+    """``open_index(bits, **kwargs)``: a fresh collection on the backend of this run."""
+    kind = request.param
+    uri = (request.getfixturevalue("lite_uri") if kind == "lite"
+           else request.getfixturevalue("milvus_server").uri)
+    opened: list[MilvusIndex] = []
+
+    def make(bits: int, **kwargs: object) -> MilvusIndex:
+        index = MilvusIndex(uri, bits, f"{kind}_{next(_names)}", **kwargs)
+        opened.append(index)
+        return index
+
+    make.kind = kind  # type: ignore[attr-defined]
+    yield make
+    for index in opened:
+        index.close()
+
+
+def faiss_flat(packed: np.ndarray) -> object:
+    index = faiss.IndexBinaryFlat(packed.shape[1] * 8)
+    index.add(packed)
+    return index
+
+
+def ref_by_id(db: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Brute force over bool codes, ranked by (distance, id), padded like faiss."""
+    d = (queries[:, None, :] != db[None, :, :]).sum(-1)
+    order = np.lexsort((np.broadcast_to(ids, d.shape), d), axis=1)[:, :k]
+    dist = np.full((len(queries), k), PAD_DISTANCE, dtype=np.int32)
+    out = np.full((len(queries), k), -1, dtype=np.int64)
+    dist[:, : order.shape[1]] = np.take_along_axis(d, order, 1)
+    out[:, : order.shape[1]] = ids[order]
+    return dist, out
+
+
+def assert_same(ours: tuple[np.ndarray, np.ndarray], ref: tuple[np.ndarray, np.ndarray]) -> None:
+    assert ours[0].dtype == np.int32 and ours[1].dtype == np.int64
+    np.testing.assert_array_equal(ours[0], ref[0])
+    np.testing.assert_array_equal(ours[1], ref[1])
+
+
+def test_exact_distances_and_faiss_tie_order(open_index):
+    """Random codes and tie-heavy codes (groups far larger than 2k + 64 at the k-th distance)."""
+    rng = np.random.default_rng(11)
+    random_db = rng.integers(0, 256, (20_000, 8), dtype=np.uint8)
+    protos = rng.integers(0, 256, (6, 8), dtype=np.uint8)
+    tied_db = protos[rng.integers(0, 6, 6000)]
+    for db, queries in ((random_db, np.concatenate([random_db[:5], rng.integers(
+            0, 256, (45, 8), dtype=np.uint8)])), (tied_db, np.concatenate([protos, rng.integers(
+                0, 256, (4, 8), dtype=np.uint8)]))):
+        index = open_index(64)
+        index.add(db, packed=True)
+        assert len(index) == len(db)
+        flat = faiss_flat(db)
+        for k in (10, 300):
+            assert_same(index.search(queries, k, packed=True), flat.search(queries, k))
+
+
+def test_ties_broken_by_id_not_insertion_order(open_index):
+    rng = np.random.default_rng(12)
+    centres = rng.random((4, 20)) < 0.5
+    db = centres[rng.integers(0, 4, 1500)] ^ (rng.random((1500, 20)) < 0.03)
+    ids = rng.permutation(100_000)[:1500]
+    index = open_index(20)
+    index.add(db[:700], ids=ids[:700])
+    index.add(db[700:], ids=ids[700:])
+    queries = np.concatenate([centres, rng.random((4, 20)) < 0.5])
+    for k in (1, 50, 400):
+        assert_same(index.search(queries, k), ref_by_id(db, ids, queries, k))
+
+
+def test_empty_index_and_padding_past_the_count(open_index):
+    rng = np.random.default_rng(13)
+    codes = rng.random((7, 16)) < 0.5
+    index = open_index(16)
+    assert len(index) == 0
+    d, i = index.search(codes[:3], 4)
+    assert d.shape == (3, 4) and (i == -1).all() and (d == PAD_DISTANCE).all()
+    index.add(codes, ids=np.arange(10, 17))
+    d, i = index.search(codes[:2], 12)
+    assert_same((d, i), ref_by_id(codes, np.arange(10, 17), codes[:2], 12))
+    assert (i[:, 7:] == -1).all() and (d[:, 7:] == PAD_DISTANCE).all()
+    assert (i[:, 0] == [10, 11]).all() and (d[:, 0] == 0).all()
+
+
+def test_remove_then_search_and_re_add(open_index):
+    rng = np.random.default_rng(14)
+    db = rng.random((3000, 32)) < 0.5
+    ids = np.arange(3000, dtype=np.int64)
+    index = open_index(32)
+    index.add(db)
+    gone = rng.choice(3000, 700, replace=False)
+    assert index.remove(np.r_[gone, gone[:5], [5000, 7000]]) == 700  # repeats, unknown ids
+    assert len(index) == 2300
+    keep = np.setdiff1d(ids, gone)
+    queries = np.concatenate([db[gone[:10]], db[keep[:10]], rng.random((5, 32)) < 0.5])
+    for k in (1, 40):
+        assert_same(index.search(queries, k), ref_by_id(db[keep], keep, queries, k))
+    assert index.remove(gone[:3]) == 0  # already gone
+    # a re-encoded item keeps its id: remove it, add its new code under the same id
+    item, new_code = int(keep[0]), ~db[keep[0]]
+    assert index.remove([item]) == 1
+    index.add(new_code[None], ids=[item])
+    assert len(index) == 2300
+    d, i = index.search(new_code[None], 3)
+    assert i[0, 0] == item and d[0, 0] == 0 and item not in i[0, 1:]
+    d, i = index.search(db[keep[0]][None], 2300)
+    assert (i[0] == item).sum() == 1 and d[0, i[0] == item][0] == 32
+
+
+def test_ids_are_unique(open_index):
+    """Milvus itself stores a second row for a repeated primary key; MilvusIndex refuses it."""
+    rng = np.random.default_rng(15)
+    codes = rng.random((20, 16)) < 0.5
+    index = open_index(16)
+    index.add(codes[:10])  # ids 0..9
+    with pytest.raises(MilvusError, match=r"already in the collection") as info:
+        index.add(codes[10:13], ids=[20, 3, 21])
+    assert "[3]" in str(info.value)
+    with pytest.raises(MilvusError, match=r"repeat within one add"):
+        index.add(codes[10:13], ids=[30, 31, 30])
+    assert index.remove([3]) == 1
+    with pytest.raises(MilvusError, match=r"already in the collection"):
+        index.add(codes[10:11])  # the default id (the count, 9) is taken after a removal
+    assert len(index) == 9  # nothing went in
+    index.add(codes[10:], ids=np.arange(100, 110))
+    index.add(codes[3:4], ids=[3])  # a removed id may come back
+    d, i = index.search(codes, 20)
+    assert sorted(i[0].tolist()) == [*range(10), *range(100, 110)]
+    assert_same((d, i), ref_by_id(codes, np.r_[np.arange(10), np.arange(100, 110)], codes, 20))
