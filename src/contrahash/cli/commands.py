@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from contrahash.cli import bench, data, index, serve, train
+from contrahash.cli import bench, data, duplicates, index, serve, train
 from contrahash.cli.common import guarded, state
 
 __all__ = ["app"]
@@ -64,6 +64,7 @@ COMMANDS = [
     (data.data_app, "split", data.split),
     (app, "benchmark", bench.benchmark_command),
     (app, "serve", serve.serve_command),
+    (app, "duplicates", duplicates.duplicates_command),
 ]
 for _group, _name, _function in COMMANDS:
     _group.command(_name)(guarded(_function))
