@@ -40,10 +40,12 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch loads on first use: `index info` reads a manifest, nothing more
+    import torch
 
 __all__ = [
     "AUTO_MIN_PARAMETERS",
@@ -53,6 +55,7 @@ __all__ = [
     "check_engine_name",
     "compile_part",
     "default_engine",
+    "engine_note",
     "engine_threads",
     "resolve_engine",
     "set_default_engine",
@@ -122,6 +125,8 @@ def resolve_engine(request: str | None, backbone: Any, device: torch.device) -> 
     none): CUDA and "torch" → torch; "auto" → the first installed of :data:`ENGINES` for a
     backbone of at least :data:`AUTO_MIN_PARAMETERS` parameters; a named engine that is not
     installed → torch, with one warning."""
+    import torch
+
     name = check_engine_name(request or default_engine())
     if torch.device(device).type != "cpu" or name == "torch":
         return "torch"
@@ -137,9 +142,28 @@ def resolve_engine(request: str | None, backbone: Any, device: torch.device) -> 
     return name
 
 
+def engine_note(recorded: dict[str, Any] | None) -> str:
+    """One line for ``index info``: the engine that encoded a collection (its manifest's
+    ``run.engine``) and what would encode a query here, where a mismatch means codes that may
+    differ from the indexed ones by a few bits."""
+    if not recorded:
+        return "engine: not recorded (encoded by torch)"
+    name = str(recorded.get("name", "torch"))
+    line = f"engine: {name} {recorded.get('precision', '')} {recorded.get('version', '')}".strip()
+    request = default_engine()
+    if name == "torch" or (request in ("auto", name) and _installed(name)):
+        return line
+    why = "--engine torch" if request == "torch" else (
+        f"{name} is not installed here" if not _installed(name) else f"--engine {request}")
+    return (f"{line}; MISMATCH: queries here would be encoded by another engine ({why}), "
+            "codes may differ from the indexed ones by a few bits")
+
+
 def engine_threads() -> int:
     """The engine's thread count: the thread policy's (:mod:`contrahash.runtime`), else
     torch's count in the calling thread."""
+    import torch
+
     from contrahash.runtime import thread_settings
 
     policy = thread_settings()["policy"]
@@ -148,6 +172,8 @@ def engine_threads() -> int:
 
 def weights_hash(module: torch.nn.Module) -> str:
     """sha256 (24 hex digits) of a module's state: names, dtypes, shapes and values."""
+    import torch
+
     h = hashlib.sha256()
     for name, tensor in sorted(module.state_dict().items()):
         t = tensor.detach().to("cpu").contiguous()
@@ -199,31 +225,38 @@ class CompiledPart:
                 "threads": self.threads, "part": list(self.part), "file": self.file.name}
 
 
-class _PartModule(torch.nn.Module):
+def _part_module(backbone: Any, part: Part) -> torch.nn.Module:
     """The exported graph: one part of a backbone, calling the class's own methods (a
     ``torch.compile``-d bound forward on the instance is not traced)."""
+    import torch
 
-    def __init__(self, backbone: torch.nn.Module, part: Part) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.part = part
+    class PartModule(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone = backbone
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        cls = type(self.backbone)
-        if self.part[0] == "features":
-            return cls.forward(self.backbone, x)
-        if self.part[0] == "tokens":
-            return cls.forward_tokens(self.backbone, x)
-        return cls.block_input(self.backbone, x, int(self.part[1]))
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            cls = type(self.backbone)
+            if part[0] == "features":
+                return cls.forward(self.backbone, x)
+            if part[0] == "tokens":
+                return cls.forward_tokens(self.backbone, x)
+            return cls.block_input(self.backbone, x, int(part[1]))
+
+    return PartModule()
 
 
 def torch_reference(backbone: Any, part: Part, x: torch.Tensor) -> torch.Tensor:
     """The torch fp32 output of ``part`` (what a compiled part must reproduce)."""
+    import torch
+
     with torch.no_grad():
-        return _PartModule(backbone, part)(x).float()
+        return _part_module(backbone, part)(x).float()
 
 
 def _probe(backbone: Any, size: int) -> torch.Tensor:
+    import torch
+
     generator = torch.Generator().manual_seed(0)
     x01 = torch.rand(2, 3, size, size, generator=generator)
     return backbone.normalize(x01).contiguous()
@@ -239,10 +272,12 @@ def _sha256(path: Path) -> str:
 
 def _export_onnx(backbone: Any, part: Part, size: int, target: Path) -> None:
     """fp32 ONNX of ``part`` with a dynamic batch dimension, written to ``target``."""
+    import torch
+
     x = _probe(backbone, size)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation notes
-        torch.onnx.export(_PartModule(backbone, part), (x,), str(target), input_names=["x"],
+        torch.onnx.export(_part_module(backbone, part), (x,), str(target), input_names=["x"],
                           output_names=["y"], dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
                           opset_version=17, dynamo=False)
 
@@ -336,6 +371,8 @@ def compile_part(name: str, backbone: Any, part: Part, size: int, folder: Path, 
     """``part`` of ``backbone`` at ``size`` px compiled by engine ``name``, from the cached
     export in ``folder`` (rebuilt when missing, stale or corrupt); None, with one warning,
     when anything fails (the caller then runs torch)."""
+    import torch
+
     threads = threads or engine_threads()
     was_training = backbone.training
     backbone.eval()
