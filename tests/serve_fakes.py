@@ -7,6 +7,11 @@ projected on a fixed Gaussian matrix and signed; the stored codes are ``encode``
 thumbnails, so uploading a thumbnail finds its item at distance 0. Item 3 is named
 ``<script>alert(1)</script>.jpg`` and item 5 has a label with HTML in it.
 
+Items carry an ``album`` (``ALBUMS[i % 4]``), a ``sha256`` of their JPEG bytes and their size;
+``duplicates=d`` appends ``d`` copies of the first items (alternately byte-identical and
+brightened by 20 %), for the duplicate finder. ``original_path`` writes each item's JPEG to a
+temporary folder; :meth:`remove` drops items (removed ids raise ``KeyError`` everywhere).
+
 ``decode_image`` enforces a pixel limit the way the real collection does: Pillow's
 ``DecompressionBombWarning``/``DecompressionBombError`` and an explicit size check, all raised
 as :class:`InvalidImageError`, before any pixel is decoded.
@@ -15,13 +20,16 @@ as :class:`InvalidImageError`, before any pixel is decoded.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import socket
+import tempfile
 import threading
 import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,6 +41,7 @@ SCRIPT_NAME = "<script>alert(1)</script>.jpg"
 SCRIPT_ID = 3
 HTML_LABEL = '<b>bold</b> & "quoted" <img src=x onerror=alert(2)>'
 HTML_LABEL_ID = 5
+ALBUMS = ["2019", "2020", "2020/summer", ""]
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
            "truck"]
 
@@ -56,6 +65,8 @@ class _Snapshot:
     items: list[Item]
     thumbs: list[bytes]
     codes: dict[int, np.ndarray]  # bits -> int8 ±1 [n, bits]
+    perceptual: np.ndarray  # packed uint8 [n, PERCEPTUAL_BITS // 8]
+    removed: frozenset[int] = frozenset()
 
 
 class FakeCollection:
@@ -67,7 +78,7 @@ class FakeCollection:
 
     def __init__(self, n: int = 200, bits: tuple[int, ...] = (16, 64), seed: int = 0,
                  max_pixels: int = 4_000_000, encode_delay_s: float = 0.0,
-                 encode_delay_per_image_s: float = 0.0) -> None:
+                 encode_delay_per_image_s: float = 0.0, duplicates: int = 0) -> None:
         self.bits = sorted(bits)
         self.default_bits = self.bits[-1]
         self.max_pixels = max_pixels
@@ -80,12 +91,20 @@ class FakeCollection:
         self.search_hook: threading.Event | None = None  # search_* wait on it when set
         self.search_entered = threading.Event()  # set when a search reaches the hook
         self._staged: list[int] = []
+        self._removing: set[int] = set()
         self._rng = np.random.default_rng(seed)
-        self._state = self._build(range(n))
+        self._originals: Path | None = None
+        self._state = self._build(list(range(n)) + [-1 - j for j in range(duplicates)])
 
     # ------------------------------------------------------------------ construction
 
     def _build(self, numbers: range | list[int], base: _Snapshot | None = None) -> _Snapshot:
+        """Items for image seeds ``numbers``; a negative number ``-1 - j`` is a copy of item
+        ``j`` (byte-identical for even ``j``, brightened by 20 % for odd ``j``)."""
+        from PIL import ImageEnhance
+
+        from contrahash.duplicates import perceptual_code
+
         items = list(base.items) if base else []
         thumbs = list(base.thumbs) if base else []
         for number in numbers:
@@ -96,22 +115,62 @@ class FakeCollection:
             labels = [] if i % 11 == 10 else [CLASSES[i % 10]]
             if i == HTML_LABEL_ID:
                 labels = [HTML_LABEL]
-            items.append(Item(id=i, name=name, path=f"/data/images/{name}", labels=labels))
-            thumbs.append(jpeg_bytes(make_image(self._seed * 100_003 + number)))
+            if number >= 0:
+                data = jpeg_bytes(make_image(self._seed * 100_003 + number))
+            else:
+                j = -1 - number
+                data = thumbs[j]
+                if j % 2:
+                    with Image.open(io.BytesIO(data)) as img:
+                        brighter = ImageEnhance.Brightness(img.convert("RGB")).enhance(1.2)
+                    data = jpeg_bytes(np.asarray(brighter))
+            items.append(Item(id=i, name=name, path=f"/data/images/{name}", labels=labels,
+                              album=ALBUMS[i % len(ALBUMS)],
+                              sha256=hashlib.sha256(data).hexdigest(), width=32, height=32))
+            thumbs.append(data)
         decoded = [self.decode_image(t) for t in thumbs]
         codes = self._encode_pure(decoded)
-        return _Snapshot(items, thumbs, codes)
+        perceptual = np.stack([perceptual_code(Image.fromarray(d)) for d in decoded])
+        return _Snapshot(items, thumbs, codes, perceptual,
+                         base.removed if base else frozenset())
 
     # ------------------------------------------------------------------ Collection interface
 
     def __len__(self) -> int:
-        return len(self._state.items)
+        return len(self._state.items) - len(self._state.removed)
 
     def item(self, item_id: int) -> Item:
         state = self._state
-        if not isinstance(item_id, int | np.integer) or not 0 <= item_id < len(state.items):
+        if (not isinstance(item_id, int | np.integer) or not 0 <= item_id < len(state.items)
+                or int(item_id) in state.removed):
             raise KeyError(item_id)
         return state.items[int(item_id)]
+
+    def live_ids(self) -> np.ndarray:
+        state = self._state
+        return np.array([i for i in range(len(state.items)) if i not in state.removed],
+                        dtype=np.int64)
+
+    def perceptual_codes(self) -> tuple[np.ndarray, np.ndarray]:
+        state = self._state
+        ids = np.array([i for i in range(len(state.items)) if i not in state.removed],
+                       dtype=np.int64)
+        return ids, state.perceptual[ids]
+
+    def codes_of(self, ids: list[int], bits: int) -> np.ndarray:
+        for i in ids:
+            self.item(i)
+        return self._state.codes[bits][np.asarray(ids, dtype=np.int64)].copy()
+
+    def original_path(self, item_id: int) -> Path:
+        item = self.item(item_id)
+        with self._lock:
+            if self._originals is None:
+                self._originals = Path(tempfile.mkdtemp(prefix="fake-originals-"))
+        path = self._originals / f"{item.id}.jpg"
+        if not path.exists():
+            path.write_bytes(self._state.thumbs[item.id])
+        return path
 
     def thumbnail(self, item_id: int) -> bytes:
         self.item(item_id)
@@ -152,25 +211,32 @@ class FakeCollection:
     def search_codes(self, codes: np.ndarray, k: int, bits: int) -> list[list[Hit]]:
         state = self._state  # one snapshot for the whole call (reload swaps the reference)
         self._wait_hook()
-        return _rank(np.asarray(codes, dtype=np.int32), state.codes[bits], k)
+        return _rank(np.asarray(codes, dtype=np.int32), state.codes[bits], k, state.removed)
 
     def search_ids(self, ids: list[int], k: int, bits: int) -> list[list[Hit]]:
         state = self._state
         for i in ids:
             self.item(i)
         self._wait_hook()
-        return _rank(state.codes[bits][np.asarray(ids)].astype(np.int32), state.codes[bits], k)
+        return _rank(state.codes[bits][np.asarray(ids)].astype(np.int32), state.codes[bits], k,
+                     state.removed)
 
     def random_id(self) -> int:
+        live = self.live_ids()
         with self._lock:
-            return int(self._rng.integers(len(self._state.items)))
+            return int(live[self._rng.integers(len(live))])
 
     def reload(self) -> bool:
         with self._lock:
             staged, self._staged = self._staged, []
-        if not staged:
+            removed, self._removing = self._removing, set()
+        if not staged and not removed:
             return False
-        self._state = self._build(staged, base=self._state)
+        state = self._state
+        if removed:
+            state = _Snapshot(state.items, state.thumbs, state.codes, state.perceptual,
+                              state.removed | removed)
+        self._state = self._build(staged, base=state) if staged else state
         return True
 
     def info(self) -> dict[str, Any]:
@@ -186,6 +252,11 @@ class FakeCollection:
         """Items (image seeds) that the next :meth:`reload` appends."""
         with self._lock:
             self._staged.extend(numbers)
+
+    def remove(self, ids: list[int]) -> None:
+        """Items that the next :meth:`reload` removes (as ``index remove``/``sync`` would)."""
+        with self._lock:
+            self._removing.update(int(i) for i in ids)
 
     def codes(self, bits: int) -> np.ndarray:
         """The stored codes at ``bits`` (a copy)."""
@@ -208,13 +279,16 @@ class FakeCollection:
             raise TimeoutError("search_hook never released")
 
 
-def _rank(queries: np.ndarray, db: np.ndarray, k: int) -> list[list[Hit]]:
+def _rank(queries: np.ndarray, db: np.ndarray, k: int, removed: frozenset[int] = frozenset()
+          ) -> list[list[Hit]]:
     bits = db.shape[1]
     dist = (bits - queries @ db.astype(np.int32).T) // 2  # Hamming distance of ±1 codes
     ids = np.arange(db.shape[0])
+    live = np.array([i not in removed for i in ids], dtype=bool)
     out = []
     for row in dist:
-        order = np.lexsort((ids, row))[:k]
+        order = np.lexsort((ids, row))
+        order = order[live[order]][:k]
         out.append([Hit(int(i), int(row[i])) for i in order])
     return out
 
@@ -230,13 +304,15 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(app: Any, timeout_s: float = 20.0) -> Iterator[tuple[str, int]]:
-    """Serve ``app`` with uvicorn in a daemon thread on 127.0.0.1; yield ``(base_url, port)``."""
+def running_server(app: Any, timeout_s: float = 20.0, http: Any = "auto"
+                   ) -> Iterator[tuple[str, int]]:
+    """Serve ``app`` with uvicorn in a daemon thread on 127.0.0.1; yield ``(base_url, port)``.
+    ``http``: uvicorn's protocol (a name or a class)."""
     import uvicorn
 
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           access_log=False, lifespan="on"))
+                                           access_log=False, lifespan="on", http=http))
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout_s

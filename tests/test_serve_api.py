@@ -244,8 +244,9 @@ def test_items_random_and_thumbnail(client, fake):
     r = client.get(f"/api/items/{HTML_LABEL_ID}")
     assert r.status_code == 200
     assert r.json() == {"id": HTML_LABEL_ID, "name": fake.item(HTML_LABEL_ID).name,
-                        "labels": [HTML_LABEL],
-                        "thumbnail_url": f"/api/items/{HTML_LABEL_ID}/thumbnail"}
+                        "labels": [HTML_LABEL], "album": "2020", "width": 32, "height": 32,
+                        "thumbnail_url": f"/api/items/{HTML_LABEL_ID}/thumbnail",
+                        "original_url": f"/api/items/{HTML_LABEL_ID}/original"}
     assert "path" not in r.json()  # the server-side path is never sent
     t = client.get("/api/items/3/thumbnail")
     assert t.status_code == 200 and t.headers["content-type"] == "image/jpeg"

@@ -36,6 +36,9 @@ def serve_command(
     warm_up: Annotated[bool, typer.Option(
         help="decode and encode one image before serving, so the first query is not slow")
                        ] = True,
+    header_timeout: Annotated[float, typer.Option(
+        help="seconds a connection may take to send a request's line and headers before it "
+             "is closed", min=0.1)] = 10.0,
     access_log: Annotated[bool, typer.Option(help="log every request")] = False,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
 ) -> None:
@@ -46,6 +49,7 @@ def serve_command(
     from contrahash.collection import open_collection
     from contrahash.runtime import use_threads_in_this_thread
     from contrahash.serve.app import create_app
+    from contrahash.serve.connections import head_timeout_protocol
     from contrahash.serve.settings import MIB, ServeSettings
 
     if not directory.is_dir():
@@ -55,7 +59,8 @@ def serve_command(
                              default_k=min(24, max_k), token=token or None,
                              batch_window_ms=batch_window_ms, batch_max_size=batch_size,
                              reload_interval_s=reload_interval,
-                             encode_threads=torch.get_num_threads(), warm_up=warm_up)
+                             encode_threads=torch.get_num_threads(), warm_up=warm_up,
+                             header_timeout_s=header_timeout)
     # the main thread (loading, searches by id on the event loop) stays off OpenMP teams: the
     # encoder thread alone runs on all the threads (see use_threads_in_this_thread)
     use_threads_in_this_thread(1)
@@ -71,7 +76,8 @@ def serve_command(
     log.debug("settings: %s", settings)
     try:
         uvicorn.run(create_app(collection, settings), host=host, port=port,
-                    log_level=log_level, access_log=access_log, workers=1)
+                    log_level=log_level, access_log=access_log, workers=1,
+                    http=head_timeout_protocol(settings.header_timeout_s))
     finally:
         collection.close()
 

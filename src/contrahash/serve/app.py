@@ -30,7 +30,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from contrahash.runtime import use_threads_in_this_thread
-from contrahash.serve import routes_items, routes_meta, routes_search
+from contrahash.serve import routes_duplicates, routes_items, routes_meta, routes_search
 from contrahash.serve.batching import MicroBatcher
 from contrahash.serve.deps import ServeState
 from contrahash.serve.middleware import LimitsMiddleware, TokenMiddleware
@@ -85,10 +85,16 @@ def create_app(collection: Collection, settings: ServeSettings | None = None) ->
     app.include_router(routes_search.router, prefix="/api", tags=["search"])
     app.include_router(routes_items.router, prefix="/api", tags=["items"])
     app.include_router(routes_meta.router, prefix="/api", tags=["collection"])
+    app.include_router(routes_duplicates.router, prefix="/api", tags=["duplicates"])
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> FileResponse:  # browsers ask for it whatever the page links
+        return FileResponse(STATIC_DIR / "favicon.svg", media_type="image/svg+xml",
+                            headers={"Cache-Control": "public, max-age=86400"})
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     if swagger_dir is not None:

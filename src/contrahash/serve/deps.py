@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from fastapi import HTTPException, Request
@@ -26,13 +29,44 @@ class ServeState:
     batcher: MicroBatcher[np.ndarray, dict[int, np.ndarray]]
     decode_pool: ThreadPoolExecutor
     reload_lock: threading.Lock = field(default_factory=threading.Lock)
+    #: bumped by every reload that changed the collection: the key of :meth:`derived`'s cache
+    generation: int = 0
+    _derived: dict[Any, asyncio.Future] = field(default_factory=dict)
 
     def reload(self) -> bool:
         """``collection.reload()``, one at a time (blocking: call it from a worker thread)."""
         if self.settings.encode_threads is not None:  # an anyio thread: keep it off big teams
             use_threads_in_this_thread(1)
         with self.reload_lock:
-            return bool(self.collection.reload())
+            changed = bool(self.collection.reload())
+            if changed:
+                self.generation += 1
+            return changed
+
+    async def derived(self, key: Any, compute: Callable[[], Any]) -> Any:
+        """``compute()`` (blocking, run in a worker thread) once per collection snapshot and
+        ``key``: duplicate groups and the album list are computed on the first request after a
+        reload and shared by every request, concurrent ones included, until the next one."""
+        generation = self.generation
+        full_key = (generation, key)
+        future = self._derived.get(full_key)
+        if future is None:
+            for old in [k for k in self._derived if k[0] != generation]:
+                del self._derived[old]
+            loop = asyncio.get_running_loop()
+            future = loop.run_in_executor(None, self._run_single_threaded, compute)
+            self._derived[full_key] = future
+        try:
+            return await asyncio.shield(future)
+        except Exception:
+            if self._derived.get(full_key) is future:  # a failure is not cached
+                del self._derived[full_key]
+            raise
+
+    def _run_single_threaded(self, compute: Callable[[], Any]) -> Any:
+        if self.settings.encode_threads is not None:
+            use_threads_in_this_thread(1)
+        return compute()
 
 
 def get_state(request: Request) -> ServeState:
@@ -65,11 +99,25 @@ def thumbnail_url(request: Request, item_id: int) -> str:
     return f"{request.scope.get('root_path', '')}/api/items/{item_id}/thumbnail"
 
 
+def original_url(request: Request, item_id: int) -> str:
+    """URL of an item's original file (served by id only)."""
+    return f"{request.scope.get('root_path', '')}/api/items/{item_id}/original"
+
+
+def item_fields(request: Request, item: Item) -> dict[str, Any]:
+    """The public fields of an item (never its filesystem path)."""
+    return {"id": int(item.id), "name": str(item.name),
+            "labels": [str(x) for x in item.labels],
+            "album": None if item.album is None else str(item.album),
+            "width": None if item.width is None else int(item.width),
+            "height": None if item.height is None else int(item.height),
+            "thumbnail_url": thumbnail_url(request, int(item.id)),
+            "original_url": original_url(request, int(item.id))}
+
+
 def item_response(request: Request, item: Item) -> ItemResponse:
     """The public view of an item (no filesystem path)."""
-    return ItemResponse(id=int(item.id), name=str(item.name),
-                        labels=[str(x) for x in item.labels],
-                        thumbnail_url=thumbnail_url(request, int(item.id)))
+    return ItemResponse(**item_fields(request, item))
 
 
 def request_start(request: Request) -> float:

@@ -4,12 +4,15 @@ only; no parameter ever names a file."""
 from __future__ import annotations
 
 import hashlib
+import mimetypes
+from collections import Counter
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Request, Response
+from fastapi import APIRouter, HTTPException, Path, Request, Response
+from fastapi.responses import FileResponse
 
 from contrahash.serve.deps import get_state, item_response
-from contrahash.serve.models import ErrorResponse, ItemResponse
+from contrahash.serve.models import AlbumInfo, AlbumsResponse, ErrorResponse, ItemResponse
 
 router = APIRouter()
 
@@ -38,6 +41,49 @@ async def get_thumbnail(request: Request, item_id: ItemId) -> Response:
     if etag in _etags(request.headers.get("if-none-match", "")):
         return Response(status_code=304, headers=headers)
     return Response(content=data, media_type="image/jpeg", headers=headers)
+
+
+@router.get("/items/{item_id}/original", response_class=FileResponse, responses={
+    **_ERRORS, 200: {"content": {"image/*": {}}, "description": "the original file"}},
+    summary="An item's original file")
+async def get_original(request: Request, item_id: ItemId) -> FileResponse:
+    """The file the item was indexed from, as it is on the server's disk now. Addressed by id
+    only: the collection maps the id to its path; nothing in the request names a file."""
+    state = get_state(request)
+    item = state.collection.item(item_id)  # KeyError -> 404, removed items included
+    try:
+        path = state.collection.original_path(item_id)
+    except (AttributeError, NotImplementedError):
+        raise HTTPException(404, "this collection does not keep its items' original files"
+                            ) from None
+    if not path.is_file():
+        raise HTTPException(404, f"the original file of item {item_id} is no longer there "
+                            "(moved or deleted since it was indexed)")
+    media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    scope = "private" if state.settings.token is not None else "public"
+    return FileResponse(path, media_type=media_type, filename=item.name or path.name,
+                        content_disposition_type="inline",
+                        headers={"Cache-Control": f"{scope}, max-age=60",
+                                 "X-Content-Type-Options": "nosniff"})
+
+
+@router.get("/albums", response_model=AlbumsResponse, responses=_ERRORS,
+            summary="The albums of the collection")
+async def albums(request: Request) -> AlbumsResponse:
+    """Every album of the collection's items with its item count (computed once per
+    snapshot), for the page's album filter."""
+    state = get_state(request)
+
+    def count() -> list[tuple[str, int]]:
+        collection = state.collection
+        found = Counter(collection.item(int(i)).album for i in collection.live_ids())
+        return sorted((a, c) for a, c in found.items() if a is not None)
+
+    try:
+        rows = await state.derived("albums", count)
+    except (AttributeError, NotImplementedError):  # a collection without album records
+        rows = []
+    return AlbumsResponse(albums=[AlbumInfo(album=a, count=c) for a, c in rows])
 
 
 @router.get("/random", response_model=ItemResponse, responses=_ERRORS, summary="A random item")

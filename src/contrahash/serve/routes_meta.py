@@ -13,6 +13,7 @@ health_router = APIRouter()
 router = APIRouter()
 
 
+@health_router.head("/healthz", include_in_schema=False)
 @health_router.get("/healthz", response_model=HealthResponse, summary="Liveness")
 async def healthz(request: Request) -> HealthResponse:
     """``ok`` with the item count and code lengths; never needs the token (for load

@@ -13,11 +13,10 @@ from starlette.concurrency import run_in_threadpool
 from contrahash.serve.deps import (
     ServeState,
     get_state,
-    item_response,
+    item_fields,
     request_start,
     resolve_bits,
     resolve_k,
-    thumbnail_url,
 )
 from contrahash.serve.models import ErrorResponse, QueryInfo, ResultItem, SearchResponse
 from contrahash.serve.types import Hit
@@ -43,36 +42,127 @@ def _results(request: Request, state: ServeState, hits: list[Hit]) -> list[Resul
     out = []
     for hit in hits:
         item = state.collection.item(int(hit.id))
-        out.append(ResultItem(id=int(hit.id), name=str(item.name),
-                              labels=[str(x) for x in item.labels],
-                              thumbnail_url=thumbnail_url(request, int(hit.id)),
-                              distance=int(hit.distance)))
+        out.append(ResultItem(**item_fields(request, item), distance=int(hit.distance)))
     return out
 
 
+def _in_album(album: str | None, wanted: str) -> bool:
+    """An item is in album ``wanted`` when its album is it or one of its sub-folders."""
+    if album is None:
+        return False
+    return album == wanted or (wanted != "" and album.startswith(wanted + "/"))
+
+
+async def _ranked(state: ServeState, fn, query, k: int, offset: int, bits: int,  # noqa: ANN001
+                  album: str | None, max_distance: int | None) -> tuple[list[Hit], bool]:
+    """Results ``offset .. offset + k`` of the ranking of ``query`` (``fn([query], depth,
+    bits)``) after the album filter and the distance threshold, and whether more follow. The
+    ranking is searched deeper (×4 at a time) until the page is full: a filter keeps the
+    ranking's order, so a page is exact whatever the filter keeps."""
+    need = offset + k + 1  # one more: is there a next page?
+    n = len(state.collection)
+    depth = min(n, need if album is None else max(4 * need, 256))
+    while True:
+        hits = (await _search(state, fn, [query], max(depth, 1), bits))[0]
+        cut = False
+        if max_distance is not None:
+            kept = [h for h in hits if h.distance <= max_distance]
+            cut = len(kept) < len(hits)
+            hits = kept
+        if album is not None:
+            hits = [h for h in hits if _in_album(state.collection.item(int(h.id)).album, album)]
+        if len(hits) >= need or cut or depth >= n:
+            break
+        depth = min(n, depth * 4)
+    return hits[offset:offset + k], len(hits) > offset + k
+
+
+def _check_page(state: ServeState, k: int, offset: int) -> None:
+    if offset + k > state.settings.max_rank:
+        raise HTTPException(422, f"offset + k must be at most {state.settings.max_rank}; got "
+                            f"{offset + k}")
+
+
+def _hex_codes(codes: dict[int, np.ndarray]) -> dict[str, str]:
+    return {str(b): np.packbits(np.asarray(c) > 0).tobytes().hex() for b, c in codes.items()}
+
+
+def _code_from_hex(state: ServeState, code: str, bits: int) -> np.ndarray:
+    """±1 ``int8 [bits]`` from the hex of a packed code (as ``query.codes`` gives it)."""
+    want = 2 * ((bits + 7) // 8)
+    try:
+        raw = bytes.fromhex(code)
+    except ValueError:
+        raise HTTPException(422, "code must be hexadecimal (as query.codes gives it)") from None
+    if len(code) != want:
+        raise HTTPException(422, f"code must have {want} hex digits for {bits} bits; got "
+                            f"{len(code)}")
+    unpacked = np.unpackbits(np.frombuffer(raw, dtype=np.uint8))[:bits]
+    return np.where(unpacked > 0, 1, -1).astype(np.int8)
+
+
+Offset = Annotated[int, Query(ge=0, le=MAX_ID, description="results to skip (paging)")]
+Album = Annotated[str | None, Query(max_length=4096, description=(
+    "only items of this album (and its sub-albums); an empty value: the top-level folder"))]
+MaxDistance = Annotated[int | None, Query(ge=0, le=65535, description=(
+    "only results within this Hamming distance"))]
+
+
 @router.get("/search", response_model=SearchResponse, responses=_ERRORS,
-            summary="Search by a stored item")
+            summary="Search by a stored item, or by a query code")
 async def search_by_id(
     request: Request,
-    id: Annotated[int, Query(ge=0, le=MAX_ID, description="id of a stored item")],
+    id: Annotated[int | None, Query(ge=0, le=MAX_ID, description="id of a stored item")
+                  ] = None,
+    code: Annotated[str | None, Query(max_length=16384, description=(
+        "a query's packed code as hex (``query.codes`` of an image search), instead of id"))
+                    ] = None,
     k: Annotated[int | None, Query(description="results wanted (default: server's)")] = None,
     bits: Annotated[int | None, Query(description="code length (default: the longest)")
                     ] = None,
+    offset: Offset = 0,
+    album: Album = None,
+    max_distance: MaxDistance = None,
 ) -> SearchResponse:
-    """The ``k`` items nearest to stored item ``id`` (itself first, at distance 0)."""
+    """The ``k`` items nearest to stored item ``id`` (itself first, at distance 0), or to a
+    query ``code``, after ``offset``, optionally only in ``album`` and within
+    ``max_distance``."""
     state = get_state(request)
     k_, bits_ = resolve_k(state, k), resolve_bits(state, bits)
-    query = state.collection.item(id)  # KeyError -> 404
+    _check_page(state, k_, offset)
+    if (id is None) == (code is None):
+        raise HTTPException(422, "give exactly one of id or code")
     start = time.perf_counter()
-    hits = (await _search(state, state.collection.search_ids, [id], k_, bits_))[0]
+    if id is not None:
+        query_item = state.collection.item(id)  # KeyError -> 404
+        hits, more = await _ranked(state, _by_ids(state), id, k_, offset, bits_, album,
+                                   max_distance)
+        q = item_fields(request, query_item)
+        query = QueryInfo(kind="id", id=q["id"], name=q["name"], labels=q["labels"],
+                          album=q["album"], thumbnail_url=q["thumbnail_url"],
+                          width=q["width"], height=q["height"])
+    else:
+        vector = _code_from_hex(state, code, bits_)
+        hits, more = await _ranked(state, _by_codes(state), vector, k_, offset, bits_, album,
+                                   max_distance)
+        query = QueryInfo(kind="code", codes={str(bits_): code.lower()})
     search_ms = _ms(start)
-    q = item_response(request, query)
     return SearchResponse(
-        query=QueryInfo(kind="id", id=q.id, name=q.name, labels=q.labels,
-                        thumbnail_url=q.thumbnail_url),
-        bits=bits_, k=k_, count=len(state.collection),
+        query=query, bits=bits_, k=k_, offset=offset, more=more, album=album,
+        max_distance=max_distance, count=len(state.collection),
         results=_results(request, state, hits),
         search_ms=search_ms, server_ms=_ms(request_start(request)))
+
+
+def _by_ids(state: ServeState):  # noqa: ANN202
+    return state.collection.search_ids
+
+
+def _by_codes(state: ServeState):  # noqa: ANN202
+    def search(queries: list[np.ndarray], k: int, bits: int) -> list[list[Hit]]:
+        return state.collection.search_codes(np.stack(queries), k, bits)
+
+    return search
 
 
 @router.post("/search", response_model=SearchResponse, responses=_ERRORS,
@@ -86,10 +176,23 @@ async def search_by_image(
                     ] = None,
 ) -> SearchResponse:
     """The ``k`` items nearest to an uploaded image: decoded and encoded in worker threads,
-    concurrent uploads being encoded in one batch."""
+    concurrent uploads being encoded in one batch. ``offset``, ``album`` and ``max_distance``
+    may be given as query parameters; the answer's ``query.codes`` lets ``GET /api/search?code=``
+    fetch further pages without uploading again."""
     state = get_state(request)
     k_ = resolve_k(state, k if k is not None else _query_int(request, "k"))
     bits_ = resolve_bits(state, bits if bits is not None else _query_int(request, "bits"))
+    offset = _query_int(request, "offset") or 0
+    max_distance = _query_int(request, "max_distance")
+    album = request.query_params.get("album")
+    if offset < 0 or (max_distance is not None and max_distance < 0):
+        raise HTTPException(422, "offset and max_distance must not be negative")
+    _check_page(state, k_, offset)
+    form = await request.form()  # already parsed for the parameters above: no second read
+    files = [name for name, value in form.multi_items() if not isinstance(value, str)]
+    if len(files) > 1:
+        raise HTTPException(422, f"one image per upload; this one holds {len(files)} files "
+                            f"({', '.join(repr(f) for f in files[:5])})")
     limit = state.settings.max_upload_bytes
     data = await image.read(limit + 1)
     if len(data) > limit:
@@ -101,21 +204,43 @@ async def search_by_image(
     start = time.perf_counter()
     pixels: np.ndarray = await loop.run_in_executor(state.decode_pool,
                                                     state.collection.decode_image, data)
+    width, height = await loop.run_in_executor(state.decode_pool, displayed_size, data,
+                                               pixels.shape)
     decode_ms = _ms(start)
     start = time.perf_counter()
     encoded = await state.batcher.submit(pixels)
     encode_ms = _ms(start)
     codes = encoded.value[bits_]
     start = time.perf_counter()
-    hits = (await _search(state, state.collection.search_codes, codes[None, :], k_,
-                          bits_))[0]
+    hits, more = await _ranked(state, _by_codes(state), codes, k_, offset, bits_, album,
+                               max_distance)
     search_ms = _ms(start)
     return SearchResponse(
-        query=QueryInfo(kind="image", width=int(pixels.shape[1]), height=int(pixels.shape[0])),
-        bits=bits_, k=k_, count=len(state.collection),
-        results=_results(request, state, hits),
+        query=QueryInfo(kind="image", width=width, height=height,
+                        codes=_hex_codes(encoded.value)),
+        bits=bits_, k=k_, offset=offset, more=more, album=album, max_distance=max_distance,
+        count=len(state.collection), results=_results(request, state, hits),
         search_ms=search_ms, decode_ms=decode_ms, encode_ms=encode_ms,
         encode_batch=encoded.batch_size, server_ms=_ms(request_start(request)))
+
+
+def displayed_size(data: bytes, decoded_shape: tuple[int, ...]) -> tuple[int, int]:
+    """The uploaded image's own size as displayed (EXIF orientation applied): the collection
+    decodes to the model's input size, which says nothing about the photo. Falls back to the
+    decoded size when the header cannot be read."""
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+            orientation = img.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - the decode succeeded: its size is an honest fallback
+        return int(decoded_shape[1]), int(decoded_shape[0])
+    if orientation in (5, 6, 7, 8):  # rotated by 90° or 270°
+        width, height = height, width
+    return int(width), int(height)
 
 
 def _query_int(request: Request, name: str) -> int | None:

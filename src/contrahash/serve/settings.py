@@ -22,6 +22,11 @@ class ServeSettings:
     service's other threads (image decoding, reloads) on one — see
     :func:`contrahash.runtime.use_threads_in_this_thread`; None leaves thread counts alone.
     ``warm_up``: decode and encode one generated image at start-up, before serving.
+    ``max_rank``: the deepest result a page may reach (``offset + k``). ``header_timeout_s``:
+    a connection whose request line and headers have not all arrived this long after it
+    opened (or after its previous response) is closed (``contrahash serve`` installs the
+    guard: :mod:`contrahash.serve.connections`). ``duplicates_per_page``: groups per page of
+    ``/api/duplicates`` unless the request says.
     """
 
     max_upload_bytes: int = 10 * MIB
@@ -36,6 +41,9 @@ class ServeSettings:
     reload_interval_s: float = 0.0
     encode_threads: int | None = None
     warm_up: bool = False
+    max_rank: int = 10_000
+    header_timeout_s: float = 10.0
+    duplicates_per_page: int = 20
 
     def __post_init__(self) -> None:
         checks = {
@@ -48,6 +56,9 @@ class ServeSettings:
             "decode_threads": self.decode_threads >= 1,
             "reload_interval_s": self.reload_interval_s >= 0,
             "encode_threads": self.encode_threads is None or self.encode_threads >= 1,
+            "max_rank": self.max_rank >= self.max_k,
+            "header_timeout_s": self.header_timeout_s > 0,
+            "duplicates_per_page": self.duplicates_per_page >= 1,
         }
         for name, ok in checks.items():
             if not ok:

@@ -9,6 +9,7 @@ implementation imports them from one place.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
@@ -101,6 +102,24 @@ class Collection(Protocol):
 
     def random_id(self) -> int:
         """The id of a random item."""
+        ...
+
+    def live_ids(self) -> np.ndarray:
+        """Ids of every item not removed, ascending (``int64 [n]``)."""
+        ...
+
+    def perceptual_codes(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, codes)``: the live items' ids and their packed perceptual codes
+        (``uint8 [n, PERCEPTUAL_BITS // 8]``, see :mod:`contrahash.duplicates`)."""
+        ...
+
+    def codes_of(self, ids: list[int], bits: int) -> np.ndarray:
+        """The stored ±1 codes of ``ids`` at ``bits`` (``KeyError`` for an unknown id)."""
+        ...
+
+    def original_path(self, item_id: int) -> Path:
+        """Where the item's original file is on this machine (``KeyError`` when the id is
+        unknown or removed). The service serves it by id; the path is never sent."""
         ...
 
     def reload(self) -> bool:
