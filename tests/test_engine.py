@@ -265,3 +265,22 @@ def test_the_default_engine_comes_from_the_environment(monkeypatch):
         engine_module.default_engine()
     monkeypatch.delenv("CONTRAHASH_ENGINE")
     assert engine_module.default_engine() == "auto"
+
+
+def test_index_info_says_which_engine_encoded_and_whether_a_query_here_would_match(monkeypatch):
+    from contrahash.engine import engine_note
+
+    engine_module.set_default_engine(None)
+    recorded = {"name": "openvino", "precision": "bf16", "version": "2026.4"}
+    monkeypatch.setattr(engine_module, "_installed", lambda name: True)
+    assert engine_note(recorded) == "engine: openvino bf16 2026.4"
+    assert engine_note(None).startswith("engine: not recorded")
+    assert "MISMATCH" not in engine_note({"name": "torch", "precision": "bfloat16"})
+    monkeypatch.setattr(engine_module, "_installed", lambda name: False)
+    assert "MISMATCH" in engine_note(recorded) and "not installed" in engine_note(recorded)
+    monkeypatch.setattr(engine_module, "_installed", lambda name: True)
+    engine_module.set_default_engine("torch")
+    try:
+        assert "MISMATCH" in engine_note(recorded) and "--engine torch" in engine_note(recorded)
+    finally:
+        engine_module.set_default_engine(None)
