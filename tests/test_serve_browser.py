@@ -3,7 +3,12 @@
 Starts the service with the FakeCollection on a free 127.0.0.1 port, uploads a JPEG, checks the
 result grid (a ``<script>`` file name and an HTML label are shown as text, no alert), clicks a
 result, checks the token prompt and that /docs renders without network, and saves a
-screenshot to ``$CONTRAHASH_SCREENSHOT`` (default: the test's tmp_path).
+screenshot to ``$CONTRAHASH_SCREENSHOT`` (default: the test's tmp_path). The everyday-use test
+pastes an image (a synthetic ``paste`` event carrying an image file: headless Chromium has no
+clipboard to fill), pages with "More results" (no second encoding), filters by album, sets a
+distance threshold, moves through the results with the arrow keys and Enter, opens an
+original, and uses the Duplicates view. Every test reads the browser's console and fails on
+any error other than the answers to requests it made fail on purpose.
 
 Without Chromium or chromedriver the test is skipped with install instructions, except under
 ``CI=true``, where it fails.
@@ -16,6 +21,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("fastapi")
@@ -65,6 +71,7 @@ def browser(tmp_path):
     _require("chromedriver", driver_path)
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                  "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--window-size=1280,1000",
@@ -78,6 +85,13 @@ def browser(tmp_path):
         yield driver
     finally:
         driver.quit()
+
+
+def _console_errors(driver, allowed: tuple[str, ...] = ()) -> list[str]:
+    """SEVERE console entries (JavaScript errors, failed loads) except those whose message
+    contains one of ``allowed`` (the requests a test makes fail on purpose)."""
+    return [e["message"] for e in driver.get_log("browser")
+            if e.get("level") == "SEVERE" and not any(a in e["message"] for a in allowed)]
 
 
 def _wait(driver, condition, what: str):
@@ -194,6 +208,9 @@ def test_search_page_end_to_end(browser, tmp_path):
                                                              ".swagger-ui .info .title"),
                           "Swagger UI to render")
             assert "contrahash search" in title[0].text
+        # the deliberate bad upload's 422 is the only failed request; no JavaScript error
+        errors = _console_errors(browser)
+        assert len(errors) == 1 and "/api/search" in errors[0] and "status of 422" in errors[0]
     assert time.monotonic() - start < 30
 
 
@@ -221,3 +238,120 @@ def test_page_asks_for_the_token_and_uses_it(browser):
         assert all(s.startswith("blob:") for s in srcs)  # fetched with the header, not in URLs
         assert browser.execute_script("return sessionStorage.getItem('contrahash-token');"
                                       ) == "tok-123"
+        # an original opens through the token (a blob: URL in a new tab)
+        first = _results(browser)[0]
+        first.find_element(By.CLASS_NAME, "result-original").click()
+        _wait(browser, lambda d: len(d.window_handles) == 2, "the original's tab")
+        main = browser.current_window_handle
+        browser.switch_to.window([h for h in browser.window_handles if h != main][0])
+        _wait(browser, lambda d: d.execute_script(
+            "const i = document.querySelector('img');"
+            "return i && i.src.startsWith('blob:') && i.complete && i.naturalWidth > 0;"),
+            "the original, fetched with the token")
+        browser.close()
+        browser.switch_to.window(main)
+        assert _console_errors(browser, ("status of 401",)) == []
+
+
+def _reference(fake: FakeCollection, query, bits: int) -> list[tuple[str, str]]:
+    codes = fake.codes(bits)
+    dist = np.count_nonzero(codes != query[None, :], axis=1)
+    return [(str(i), str(int(dist[i]))) for i in np.lexsort((np.arange(len(dist)), dist))]
+
+
+def test_everyday_features(browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select
+
+    fake = FakeCollection(n=60, duplicates=6)
+    with running_server(create_app(fake)) as (url, _):
+        browser.get(url + "/")
+        _wait(browser, lambda d: d.find_element(By.TAG_NAME, "body")
+              .get_attribute("data-ready") == "true", "the page to load")
+        k_input = browser.find_element(By.ID, "k-input")
+        k_input.clear()
+        k_input.send_keys("10", Keys.TAB)
+
+        # paste an image: a paste event whose clipboard data holds item 9's JPEG
+        browser.execute_async_script("""
+            const done = arguments[arguments.length - 1];
+            fetch('api/items/9/thumbnail').then(r => r.blob()).then(blob => {
+              const data = new DataTransfer();
+              data.items.add(new File([blob], 'pasted.jpg', {type: 'image/jpeg'}));
+              document.dispatchEvent(new ClipboardEvent('paste', {clipboardData: data}));
+              done();
+            });""")
+        _wait(browser, lambda d: len(_shown(d)) == 10, "10 results of the pasted image")
+        assert browser.find_element(By.ID, "query-title").text == "pasted.jpg"
+        assert browser.find_element(By.ID, "query-labels").text == "32×32 pixels"
+        query = fake.encode([fake.decode_image(fake.thumbnail(9))])[64][0]
+        ranking = _reference(fake, query, 64)
+        assert _shown(browser) == ranking[:10] and _shown(browser)[0] == ("9", "0")
+
+        # more results: the next page, from the kept code (no second encoding)
+        batches = len(fake.encode_batches)
+        more = browser.find_element(By.ID, "more-button")
+        assert more.is_displayed()
+        more.click()
+        _wait(browser, lambda d: len(_shown(d)) == 20, "20 results")
+        assert _shown(browser) == ranking[:20]
+        assert len(fake.encode_batches) == batches
+
+        # album filter: only album 2019, in the ranking's order
+        Select(browser.find_element(By.ID, "album-select")).select_by_visible_text("2019 · 17")
+        in_album = [h for h in ranking if fake.item(int(h[0])).album == "2019"]
+        _wait(browser, lambda d: _shown(d) == in_album[:10], "the album's results")
+        albums = browser.execute_script(
+            "return [...document.querySelectorAll('#results .result-album')]"
+            ".map(e => e.textContent);")
+        assert set(albums) == {"album 2019"}
+        Select(browser.find_element(By.ID, "album-select")).select_by_visible_text("all albums")
+
+        # a distance threshold: only results within it, and no "more" past it
+        d = int(ranking[6][1])
+        threshold = browser.find_element(By.ID, "max-distance")
+        threshold.send_keys(str(d), Keys.TAB)
+        within = [h for h in ranking if int(h[1]) <= d]
+        _wait(browser, lambda dr: _shown(dr) == within[:10], "the results within the threshold")
+        threshold.clear()
+        threshold.send_keys(Keys.TAB)
+        _wait(browser, lambda dr: _shown(dr) == ranking[:10], "the unfiltered results again")
+
+        # keyboard: arrows move between results, Enter searches by the focused one
+        buttons = browser.find_elements(By.CSS_SELECTOR, "#results button.result-search")
+        buttons[0].send_keys(Keys.ARROW_RIGHT)
+        active = browser.switch_to.active_element
+        target = browser.execute_script(
+            "return document.activeElement.closest('li').dataset.id;")
+        assert target == ranking[1][0] and active.tag_name == "button"
+        active.send_keys(Keys.ENTER)
+        _wait(browser, lambda dr: (r := _shown(dr)) and r[0] == (target, "0"),
+              "the search by the focused item")
+
+        # open an original: a new tab showing the JPEG served by id
+        main = browser.current_window_handle
+        _results(browser)[0].find_element(By.CLASS_NAME, "result-original").click()
+        _wait(browser, lambda dr: len(dr.window_handles) == 2, "the original's tab")
+        browser.switch_to.window([h for h in browser.window_handles if h != main][0])
+        _wait(browser, lambda dr: dr.execute_script("return document.contentType;")
+              == "image/jpeg", "the original image")
+        assert browser.current_url.endswith(f"/api/items/{target}/original")
+        browser.close()
+        browser.switch_to.window(main)
+
+        # the duplicates view: item 60 is a byte copy of item 0
+        browser.find_element(By.ID, "view-duplicates").click()
+        _wait(browser, lambda dr: dr.find_elements(By.CSS_SELECTOR, "#dup-groups .dup-group"),
+              "duplicate groups")
+        groups = browser.execute_script(
+            "return [...document.querySelectorAll('#dup-groups .dup-group')].map(g => "
+            "[...g.querySelectorAll('li.dup-member')].map(m => [m.dataset.id, m.dataset.exact]));")
+        assert [["0", "true"], ["60", "true"]] in groups
+        assert "groups" in browser.find_element(By.ID, "dup-summary").text
+        browser.find_element(By.CSS_SELECTOR, '#dup-groups li[data-id="60"] button').click()
+        _wait(browser, lambda dr: (r := _shown(dr)) and r[0][0] in ("0", "60"),
+              "the search by a duplicate")
+        assert browser.find_element(By.ID, "search-view").is_displayed()
+        _assert_no_alert(browser)
+        assert _console_errors(browser) == []
