@@ -56,7 +56,9 @@ async def get_original(request: Request, item_id: ItemId) -> FileResponse:
     except (AttributeError, NotImplementedError):
         raise HTTPException(404, "this collection does not keep its items' original files"
                             ) from None
-    if not path.is_file():
+    except KeyError:
+        path = None
+    if path is None or not path.is_file():
         raise HTTPException(404, f"the original file of item {item_id} is no longer there "
                             "(moved or deleted since it was indexed)")
     media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
