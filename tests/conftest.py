@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import pytest
 
 TEST_SERVER_SETTINGS = {"proxy.timeTickInterval": 50, "queryCoord.checkInterval": 200,
-                        "queryCoord.distPullInterval": 100}
+                        "queryCoord.distPullInterval": 100, "common.session.ttl": 8}
 
 
 def _missing(reason: str) -> None:
@@ -54,7 +54,9 @@ def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 
     base = tmp_path_factory.mktemp("milvus-server")
     # faster time ticks and load checks: a Strong read waits for the next tick (200 ms by
-    # default), a load for the next check (1 s); what the tests check does not depend on them
+    # default), a load for the next check (1 s); after a restart, the collections are served
+    # again once the killed process' etcd sessions expire (30 s by default). What the tests
+    # check does not depend on these timings.
     server = LocalMilvusServer(base, kill_with_parent=True, settings=TEST_SERVER_SETTINGS)
     try:
         server.start()

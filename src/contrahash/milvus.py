@@ -77,7 +77,8 @@ from contrahash.index import (
     search_frame,
 )
 
-__all__ = ["MilvusError", "MilvusIndex", "MilvusNotInstalledError"]
+__all__ = ["MilvusError", "MilvusIndex", "MilvusNotInstalledError", "check_backend",
+           "describe_backend", "index_options"]
 
 #: Milvus' cap on top-k (``limit``) and on the number of queries in one search request.
 MAX_TOPK = 16384
@@ -184,6 +185,52 @@ def _check_bits(bits: Any) -> int:
     if isinstance(bits, bool) or not isinstance(bits, int | np.integer) or bits < 1:
         raise ValueError(f"bits must be a positive integer; got {bits!r}")
     return int(bits)
+
+
+def index_options(backend: dict[str, Any]) -> dict[str, Any]:
+    """The :class:`MilvusIndex` keyword arguments of a collection's ``backend`` record
+    (``index``, ``nlist``, ``nprobe``; an older record without them is ``BIN_FLAT``)."""
+    return {"index_type": str(backend.get("index", "BIN_FLAT")),
+            "nlist": int(backend.get("nlist", 1024)), "nprobe": int(backend.get("nprobe", 16))}
+
+
+def describe_backend(backend: dict[str, Any]) -> str:
+    """One line for ``index info``: where the codes are and whether results are exact."""
+    opts = index_options(backend)
+    where = f"Milvus at {backend.get('uri')}, collections {backend.get('collection')}_<bits>"
+    if opts["index_type"] == "BIN_IVF_FLAT":
+        return (f"{where}, BIN_IVF_FLAT index (nlist={opts['nlist']}, nprobe={opts['nprobe']}): "
+                "approximate results, a search may miss some of the true nearest items "
+                "(docs/scaling.md)")
+    return f"{where}, BIN_FLAT index: exact results, ties by id as with faiss"
+
+
+def check_backend(uri: str, index_type: str = "BIN_FLAT", nlist: int = 1024,
+                  nprobe: int = 16, connect_timeout: float = 5.0) -> None:
+    """Refuse Milvus options that cannot work before anything is written: an unknown index
+    type, ``nlist``/``nprobe`` < 1, ``BIN_IVF_FLAT`` on Milvus Lite, a malformed uri, or a
+    server that does not answer within ``connect_timeout`` s (a :class:`MilvusError` naming
+    the uri). A ``.db`` uri is only checked, not opened (that starts Milvus Lite)."""
+    if index_type not in INDEX_TYPES:
+        raise MilvusError(f"Milvus index must be one of {', '.join(INDEX_TYPES)}; got "
+                          f"{index_type!r}")
+    if isinstance(nlist, bool) or isinstance(nprobe, bool) or int(nlist) < 1 or int(nprobe) < 1:
+        raise MilvusError(f"Milvus nlist and nprobe must be >= 1; got {nlist}, {nprobe}")
+    lite = MilvusIndex._parse_uri(str(uri)) is not None
+    if lite:
+        if index_type != "BIN_FLAT":
+            raise MilvusError(f"Milvus Lite ({uri}) supports only the BIN_FLAT index, not "
+                              f"{index_type}; use a Milvus server (http://host:port)")
+        return
+    pm = _pymilvus()
+    alias = f"contrahash-check-{uuid.uuid4().hex}"
+    try:
+        pm.connections.connect(alias, uri=str(uri), timeout=connect_timeout)
+    except pm.MilvusException as exc:
+        raise MilvusError(f"cannot reach the Milvus server at {uri} within "
+                          f"{connect_timeout:g} s ({exc.message}); is it running?") from None
+    finally:
+        pm.connections.remove_connection(alias)
 
 
 class MilvusIndex:
@@ -431,9 +478,30 @@ class MilvusIndex:
     # ---- contents --------------------------------------------------------------------------
 
     def __len__(self) -> int:
-        rows = self._collection().query("", output_fields=["count(*)"],
-                                        consistency_level="Strong")
+        coll = self._collection()
+        try:
+            rows = self._reloading(lambda: coll.query("", output_fields=["count(*)"],
+                                                      consistency_level="Strong"))
+        except self._pm.MilvusException as exc:
+            raise MilvusError(f"{self._where()}: cannot count the items: "
+                              f"{exc.message}") from None
         return int(rows[0]["count(*)"])
+
+    def _reloading(self, call: Any) -> Any:
+        """``call()``, once more after loading the collection again when the server says it is
+        not loaded: a restarted server reloads its collections in the background, and the
+        first request after the restart may come before that."""
+        try:
+            return call()
+        except self._pm.MilvusException as exc:
+            if "not loaded" not in str(exc.message).lower():
+                raise
+        try:
+            self._collection().load()
+        except self._pm.MilvusException as exc:
+            raise MilvusError(f"{self._where()}: cannot load the collection again: "
+                              f"{exc.message}") from None
+        return call()
 
     def _as_packed(self, codes: Any, packed: bool, name: str) -> np.ndarray:
         return codes_as_packed(codes, self.bits, packed, name, f" ({self._where()})")
@@ -471,6 +539,28 @@ class MilvusIndex:
             except self._pm.MilvusException as exc:
                 raise MilvusError(f"{self._where()}: insert of rows {s}..{s + len(block) - 1} "
                                   f"failed: {exc.message}") from None
+
+    def flush(self, *, reload: bool = False, timeout: float | None = None) -> None:
+        """Seal the rows inserted so far and wait until the server has indexed them.
+
+        Not needed for correct results: a server searches rows that are not indexed yet by a
+        full scan. It matters for speed with ``BIN_IVF_FLAT``: the server switches its
+        searches to the new index in the background (tens of seconds on Milvus 2.3);
+        ``reload=True`` releases and loads the collection so they use it at once (searches
+        of other clients fail while it reloads: for a bulk build, not a serving collection).
+        """
+        coll = self._collection()
+        pm = self._pm
+        try:
+            coll.flush(timeout=timeout)
+            if self._lite_path is None:
+                pm.utility.wait_for_index_building_complete(self.collection, timeout=timeout,
+                                                            using=self._alias)
+            if reload:
+                coll.release(timeout=timeout)
+                coll.load(timeout=timeout)
+        except pm.MilvusException as exc:
+            raise MilvusError(f"{self._where()}: flush failed: {exc.message}") from None
 
     def remove(self, ids: Any) -> int:
         """Delete the items with these ids; returns how many of them the collection held.
@@ -533,15 +623,20 @@ class MilvusIndex:
         for s in range(0, q.shape[0], batch):
             data = [r.tobytes() for r in q[s : s + batch]]
             try:
-                hits = self._search_rpc(data, limit, param, expr) if self._fast_search else None
-                if hits is None:
-                    hits = self._search_public(data, limit, param, expr)
+                hits = self._reloading(lambda data=data: self._search_batch(data, limit, param,
+                                                                            expr))
             except self._pm.MilvusException as exc:
                 raise MilvusError(f"{self._where()}: search failed: {exc.message}") from None
             except grpc.RpcError as exc:
-                raise MilvusError(f"{self._where()}: search failed: {exc}") from None
+                raise MilvusError(f"{self._where()}: search failed ({exc.code().name}: "
+                                  f"{exc.details()}); is the server running?") from None
             out.extend(hits)
         return out
+
+    def _search_batch(self, data: list[bytes], limit: int, param: dict[str, Any],
+                      expr: str | None) -> list[tuple[np.ndarray, np.ndarray]]:
+        hits = self._search_rpc(data, limit, param, expr) if self._fast_search else None
+        return hits if hits is not None else self._search_public(data, limit, param, expr)
 
     def _search_public(self, data: list[bytes], limit: int, param: dict[str, Any],
                        expr: str | None) -> list[tuple[np.ndarray, np.ndarray]]:
