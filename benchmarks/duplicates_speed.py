@@ -10,6 +10,11 @@ near-duplicate copies (2–8 bits flipped, what resizing, re-compression or a cr
 an exact copy. The time depends on n (the join is an exact half n² scan), hardly on the data;
 the data decides how many pairs and groups come out, which is printed.
 
+``--serve N`` also times the service on a stub collection of N such items: the first
+``GET /api/duplicates`` (computes the groups), a later page (served from the per-snapshot
+cache), and ``GET /healthz`` while the groups are being computed (the service stays
+responsive: the join runs in a worker thread and faiss releases the GIL).
+
 Final line: ``dup_100k_s=<seconds> dup_1m_s=<seconds>``.
 """
 
@@ -60,6 +65,75 @@ def library_codes(real: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.packbits(codes[rng.permutation(n)], axis=1)
 
 
+class StubCollection:
+    """The part of the Collection protocol /api/duplicates uses, over synthetic codes."""
+
+    def __init__(self, codes: np.ndarray) -> None:
+        from contrahash.serve.types import Item
+
+        self.bits, self.default_bits = [64], 64
+        self._codes = codes
+        self._items = [Item(id=i, name=f"IMG_{i:07d}.jpg", path=f"/photos/IMG_{i:07d}.jpg",
+                            album=f"{2000 + i % 20}", sha256=f"{i:064x}", width=1600,
+                            height=1200) for i in range(len(codes))]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def item(self, item_id: int):  # noqa: ANN201
+        return self._items[int(item_id)]
+
+    def live_ids(self) -> np.ndarray:
+        return np.arange(len(self._items))
+
+    def perceptual_codes(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.arange(len(self._items)), self._codes
+
+    def info(self) -> dict:
+        return {"count": len(self)}
+
+    def close(self) -> None:
+        pass
+
+
+def time_service(codes: np.ndarray) -> None:
+    """First and later pages of /api/duplicates, and /healthz during the computation."""
+    import threading
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from fastapi.testclient import TestClient
+
+    from contrahash.serve.app import create_app
+
+    with TestClient(create_app(StubCollection(codes))) as client:
+        health: list[float] = []
+        done = threading.Event()
+
+        def poll() -> None:
+            while not done.is_set():
+                start = time.perf_counter()
+                client.get("/healthz")
+                health.append(time.perf_counter() - start)
+                time.sleep(0.05)
+
+        poller = threading.Thread(target=poll)
+        start = time.perf_counter()
+        poller.start()
+        first = client.get("/api/duplicates")
+        first_s = time.perf_counter() - start
+        done.set()
+        poller.join()
+        start = time.perf_counter()
+        later = client.get("/api/duplicates", params={"page": 3})
+        later_s = time.perf_counter() - start
+        assert first.status_code == later.status_code == 200
+        print(f"service, {len(codes):,} items: first /api/duplicates page {first_s:.2f} s, a "
+              f"later page {1000 * later_s:.0f} ms, /healthz during the computation: "
+              f"{len(health)} answers, slowest {1000 * max(health):.0f} ms", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=os.environ.get("CONTRAHASH_CIFAR10"),
@@ -68,6 +142,8 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--radius", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--serve", type=int, default=0,
+                        help="also time /api/duplicates on a stub collection of this size")
     args = parser.parse_args()
 
     from contrahash.duplicates import DEFAULT_RADIUS, duplicate_groups
@@ -78,6 +154,8 @@ def main() -> None:
     start = time.perf_counter()
     real = real_codes(args.data, args.real, args.seed)
     print(f"{len(real)} real perceptual codes in {time.perf_counter() - start:.1f} s")
+    if args.serve:
+        time_service(library_codes(real, args.serve, args.seed))
     seconds = {}
     for n in args.sizes:
         codes = library_codes(real, n, args.seed + n)
