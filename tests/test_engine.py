@@ -174,6 +174,18 @@ def test_a_model_encodes_with_its_engine_and_records_it(tmp_path):
     assert _cosines(features, torch_model.extract(images, np.arange(10))).min() > 0.99
 
 
+def test_an_export_found_in_the_user_cache_is_copied_next_to_the_model(tmp_path, monkeypatch):
+    _need("openvino")
+    builds = _count_builds(monkeypatch)
+    trained = _model()  # a model being trained: the user cache
+    assert trained.engine_name == "openvino" and len(builds) == 1
+    collection = _model(folder=tmp_path / "model" / "engine")  # the same weights, read back
+    collection.backbone.load_state_dict(trained.backbone.state_dict())
+    assert collection.engine_name == "openvino" and len(builds) == 1  # not exported again
+    copied = sorted(p.name for p in (tmp_path / "model" / "engine").iterdir())
+    assert copied == sorted(p.name for p in (tmp_path / "user-cache" / "engines").iterdir())
+
+
 def test_auto_leaves_small_backbones_and_training_weights_to_torch(tmp_path):
     assert _model(engine="auto", folder=tmp_path).engine_name == "torch"  # 23k parameters
     fine_tuned = _model(engine="openvino", finetune=1, folder=tmp_path)

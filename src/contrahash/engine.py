@@ -389,10 +389,12 @@ def compile_part(name: str, backbone: Any, part: Part, size: int, folder: Path, 
             if _intact(candidate, name, stem, key):
                 try:
                     run = _load(name, candidate, stem, precision, threads)
-                    folder = candidate
-                    break
                 except Exception:  # unreadable despite its hashes: rebuilt below
-                    run = None
+                    continue
+                if candidate != folder:  # found in the user cache: keep a copy by the model
+                    _copy_export(candidate, folder, name, stem)
+                folder = candidate
+                break
         if run is None:
             folder = _writable(folder)
             _build(name, backbone, part, size, folder, stem, key)
@@ -411,6 +413,20 @@ def compile_part(name: str, backbone: Any, part: Part, size: int, folder: Path, 
         return None
     finally:
         backbone.train(was_training)
+
+
+def _copy_export(source: Path, target: Path, name: str, stem: str) -> None:
+    """Best effort: the export's files (sidecar last, atomically) into ``target``."""
+    import shutil
+
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        tmp = f".tmp-{os.getpid()}-{threading.get_ident()}"
+        for file in [*_files(name, stem), f"{stem}.json"]:
+            shutil.copyfile(source / file, target / f"{tmp}-{file}")
+            os.replace(target / f"{tmp}-{file}", target / file)
+    except OSError:  # a read-only model folder: the user cache's copy serves
+        pass
 
 
 def _folders(folder: Path) -> list[Path]:
