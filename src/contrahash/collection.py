@@ -117,10 +117,14 @@ def build_collection(run_dir: str | os.PathLike, data: str, out: str | os.PathLi
                      device: str | None = None, backend: dict[str, Any] | None = None,
                      labels: str = "albums",
                      progress: Progress | ProgressCallback | None = None,
-                     command: str | None = None) -> dict[str, Any]:
+                     command: str | None = None, codes: dict[str, Any] | None = None
+                     ) -> dict[str, Any]:
     """Encode every image of ``data`` with the run in ``run_dir`` into a new collection
     ``out`` (code lengths ``bits``, default all of the run's); returns the manifest.
-    ``labels="folders"`` reads a folder's sub-folders as classes (default: albums)."""
+    ``labels="folders"`` reads a folder's sub-folders as classes (default: albums).
+    ``codes`` (``{"fingerprint": …, "codes": {bits: [n, bits]}}``) are the run's own codes of
+    every image of the same dataset: used instead of encoding again when the fingerprints
+    agree."""
     from contrahash.config import resolve_config
     from contrahash.locks import DirectoryLock
 
@@ -145,7 +149,7 @@ def build_collection(run_dir: str | os.PathLike, data: str, out: str | os.PathLi
     with lock:
         try:
             return _build(run_dir, data, out, chosen, image_root, device, backend, labels,
-                          as_progress(progress), ctx)
+                          as_progress(progress), ctx, codes)
         except Exception:  # a failed build leaves nothing behind
             if ctx.is_main and not (out / MANIFEST).exists():
                 for name in ("model", "segments"):
@@ -163,7 +167,7 @@ def _join(device: str | None) -> Any:
 
 def _build(run_dir: Path, data: str, out: Path, chosen: list[int], image_root: str | None,
            device: str | None, backend: dict[str, Any], labels: str, progress: Progress,
-           ctx: Any) -> dict[str, Any]:
+           ctx: Any, codes: dict[str, Any] | None = None) -> dict[str, Any]:
     dataset = _load(data, image_root, labels, progress)  # a bad source fails before any write
     if ctx.is_main:  # no manifest yet: whatever is here is an interrupted build's leftover
         _sweep(out)
@@ -180,7 +184,8 @@ def _build(run_dir: Path, data: str, out: Path, chosen: list[int], image_root: s
             run_dir / "model.safetensors")[:16],
             "config_sha256": sha256_file(run_dir / "config.yaml"),
             "method": cfg.method, "backbone": cfg.backbone.name,
-            "image_size": model.image_size, "precision": model.precision},
+            "image_size": model.image_size, "precision": model.precision,
+            "engine": model.engine_info()},
         "bits": chosen,
         "count": 0,
         "next_id": 0,
@@ -191,8 +196,12 @@ def _build(run_dir: Path, data: str, out: Path, chosen: list[int], image_root: s
         "segments": [],
     }
     plan = _Plan(rows=np.arange(len(dataset)), ids=None)
+    known = None
+    if codes is not None and codes.get("fingerprint") == dataset.fingerprint and all(
+            k in codes["codes"] for k in chosen):
+        known = codes["codes"]
     return _commit(out, manifest, model, dataset, data, plan, progress, ctx,
-                   allow_duplicates=True)[0]
+                   allow_duplicates=True, known_codes=known)[0]
 
 
 def check_model_fits(model: Any, dataset: Any, data: str) -> None:
@@ -304,9 +313,11 @@ def _live_items(directory: Path, manifest: dict[str, Any]) -> dict[int, dict[str
 
 def _commit(directory: Path, manifest: dict[str, Any], model: Any, dataset: Any, data: str,
             plan: _Plan, progress: Progress, ctx: Any, *, allow_duplicates: bool,
-            refuse_empty: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+            refuse_empty: bool = False, known_codes: dict[int, np.ndarray] | None = None
+            ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Scan, deduplicate, encode and write ``plan`` as one new segment, then the manifest
-    (the commit point). Returns (manifest, what changed)."""
+    (the commit point). Returns (manifest, what changed). ``known_codes`` (per code length,
+    one row per dataset row) are used instead of encoding."""
     from contrahash.encode import encode_dataset
     from contrahash.library.scan import ItemFacts, scan_items
 
@@ -341,8 +352,12 @@ def _commit(directory: Path, manifest: dict[str, Any], model: Any, dataset: Any,
     change = {"encoded": int(len(rows)), "duplicates": [
         {"path": p, "same_as": i} for p, i in duplicates], "unreadable": [
         {"path": p, "reason": r} for p, r in unreadable]}
-    codes = (encode_dataset(model, dataset.images, rows, progress=progress) if len(rows)
-             else {k: np.zeros((0, k), np.int8) for k in manifest["bits"]})
+    if known_codes is not None:
+        codes = {k: np.ascontiguousarray(known_codes[k][rows]) for k in manifest["bits"]}
+    elif len(rows):
+        codes = encode_dataset(model, dataset.images, rows, progress=progress)
+    else:
+        codes = {k: np.zeros((0, k), np.int8) for k in manifest["bits"]}
     segments = list(manifest["segments"])
     backend = manifest["backend"]
     name = _next_segment_name(segments)
@@ -446,7 +461,7 @@ def sync_collection(directory: str | os.PathLike, *, device: str | None = None,
     "encoded"}`` (counts). Nothing is written when nothing changed; a source folder that is
     gone is an error and nothing is written.
     """
-    from contrahash.data.sources import load_files, walk_image_files
+    from contrahash.data.sources import NoReadableImages, load_files, walk_image_files
     from contrahash.library.scan import content_hash
     from contrahash.locks import DirectoryLock
 
@@ -512,7 +527,11 @@ def sync_collection(directory: str | os.PathLike, *, device: str | None = None,
                 continue
             if model is None:
                 _, model = _load_model(directory, device)
-            dataset = load_files(root, [p for p, _ in changed] + new, store_size=size)
+            try:
+                dataset = load_files(root, [p for p, _ in changed] + new, store_size=size)
+            except NoReadableImages:  # files that pass a header check, then fail to decode
+                out["unreadable"] += len(changed) + len(new)
+                continue
             loaded = {p: j for j, p in enumerate(dataset.paths)}
             out["unreadable"] += len(changed) + len(new) - len(loaded)
             pairs = [(loaded[p], i) for p, i in changed if p in loaded]
@@ -658,7 +677,13 @@ def _check_backend(backend: dict[str, Any] | None) -> dict[str, Any]:
     if backend["kind"] == "milvus" and not backend.get("uri"):
         raise CollectionError("--backend milvus needs --milvus-uri (a .db file or http://host:port)")
     if backend["kind"] == "milvus":
+        from contrahash.milvus import check_backend, index_options
+
         backend.setdefault("collection", "contrahash")
+        options = index_options(backend)  # unreachable server / bad options: before any write
+        check_backend(backend["uri"], **options)
+        backend.update(index=options["index_type"], nlist=options["nlist"],
+                       nprobe=options["nprobe"])
     return backend
 
 
@@ -667,11 +692,12 @@ def _milvus_apply(backend: dict[str, Any], bits: list[int], codes: dict[int, np.
     """Mirror one commit in Milvus: delete every id about to be written or removed (Milvus
     does not keep primary keys unique, and a re-run after a crash must not duplicate), then
     insert."""
-    from contrahash.milvus import MilvusIndex
+    from contrahash.milvus import MilvusIndex, index_options
 
     drop = sorted({int(i) for i in ids.tolist()} | {int(i) for i in removed})
     for k in bits:
-        with MilvusIndex(backend["uri"], k, f"{backend['collection']}_{k}") as index:
+        with MilvusIndex(backend["uri"], k, f"{backend['collection']}_{k}",
+                         **index_options(backend)) as index:
             if drop:
                 index.remove(drop)
             if len(ids):
@@ -812,7 +838,7 @@ class Collection:
     def _milvus_indexes(self, manifest: dict[str, Any]) -> dict[int, Any]:
         """The Milvus collections of ``manifest``: the connections already open are kept (a
         reload sees what ``index add`` inserted through them), the others opened."""
-        from contrahash.milvus import MilvusIndex
+        from contrahash.milvus import MilvusIndex, index_options
 
         backend = manifest["backend"]
         previous = getattr(self, "_snapshot", None)
@@ -824,7 +850,8 @@ class Collection:
             if isinstance(old, MilvusIndex) and old.uri == backend["uri"] and old.collection == name:
                 indexes[k] = old
             else:
-                indexes[k] = MilvusIndex(backend["uri"], k, name, create=False)
+                indexes[k] = MilvusIndex(backend["uri"], k, name, create=False,
+                                         **index_options(backend))
         return indexes
 
     def close(self) -> None:

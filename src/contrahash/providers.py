@@ -154,6 +154,18 @@ class FeatureProvider:
             return self.clean_features(indices)
         return self.together(np.asarray(indices), "encoding")
 
+    def evaluation_views(self, indices: np.ndarray) -> np.ndarray:
+        """Backbone outputs (current backbone) of one fresh augmented view of each image: the
+        fixed ``contrastive`` recipe with its own seed, never a cached training view (the
+        label-free evaluation, :func:`contrahash.evaluation.self_retrieval`)."""
+        from contrahash.augment import view_augmenters
+
+        augmenter = view_augmenters("contrastive", self.model.image_size, 1)[0]
+        gen = torch.Generator(device=self.generator_device()).manual_seed(
+            self.cfg.seed * 1000 + 999_983)
+        return self.extract(np.asarray(indices), augmenter, generator=gen,
+                            phase="evaluation views")
+
     def augmented_views(self, kind: str, item_shape: tuple[int, ...], phase: str,
                         compute: Callable[..., np.ndarray], **key: Any) -> np.ndarray:
         """A cached ``[n_train, V, *item_shape]`` array: view j of every training image made

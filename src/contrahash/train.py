@@ -503,7 +503,7 @@ class Trainer:
 
         return evaluate(self.model, self.provider.test_features, self.dataset.labels, self.split,
                         self.cfg.evaluate_on, method_name=self.cfg.method, run=self.run,
-                        progress=self.progress)
+                        progress=self.progress, views=self.provider.evaluation_views)
 
     def _check_threads(self) -> None:
         """A resume runs with the run's thread count: results at one seed depend on it."""
@@ -539,12 +539,22 @@ class Trainer:
             if mining is not None and mining.refresh_due(epoch):  # re-mine from the model
                 provider.use_neighbours(mining.refreshed(epoch, self._embedding), spec_nb)
 
+        last_save = [time.monotonic()]
+
         def after_epoch(record: dict[str, Any]) -> bool:
-            self._save_checkpoint(optimizer, record["epoch"])
-            self.run.log_epoch(record)
             done = len(logs_seen) + 1
+            stop = stop_after_epoch is not None and done >= stop_after_epoch
+            # a checkpoint at most every CHECKPOINT_SECONDS (and at the end, or a stop): a
+            # head trained from cached features runs an epoch in a fraction of a second, and
+            # writing ~100 MB of weights and optimiser state after each would dominate; a
+            # resume repeats the epochs since (each is seeded by (seed, epoch): same result)
+            if (stop or record["epoch"] >= spec.epochs
+                    or time.monotonic() - last_save[0] >= CHECKPOINT_SECONDS):
+                self._save_checkpoint(optimizer, record["epoch"])
+                last_save[0] = time.monotonic()
+            self.run.log_epoch(record)
             logs_seen.append(record)
-            return not (stop_after_epoch is not None and done >= stop_after_epoch)
+            return not stop
 
         logs_seen: list[dict[str, Any]] = []
         steps = n_train // batch
@@ -594,6 +604,10 @@ class Trainer:
         self.completed_epochs = int(state["epoch"])
         self.run.log_event("resume", epoch=self.completed_epochs)
         return self.completed_epochs
+
+
+#: the longest time between two checkpoints of a training run
+CHECKPOINT_SECONDS = 30.0
 
 
 def _train_seconds(logs: Sequence[dict[str, Any]]) -> float:

@@ -47,8 +47,9 @@ def _options(
             raise typer.BadParameter(str(exc), param_hint="--engine") from None
 
 
-index_app = typer.Typer(help="Build, extend and inspect indexes: a collection directory from "
-                         "a trained run and images, or an index file from codes.",
+index_app = typer.Typer(help="Build, extend, follow and inspect indexes: a collection directory "
+                         "from a folder of images (its model learnt from them) or from a "
+                         "trained run and images, or an index file from codes.",
                          no_args_is_help=True)
 
 COMMANDS = [
@@ -58,6 +59,8 @@ COMMANDS = [
     (index_app, "build", index.build_command),
     (index_app, "add", index.add_command),
     (index_app, "info", index.info_command),
+    (index_app, "sync", index.sync_command),
+    (index_app, "remove", index.remove_command),
     (app, "search", index.search_command),
     (app, "evaluate", index.evaluate_command),
     (data.data_app, "info", data.info),

@@ -178,23 +178,68 @@ def evaluate_command(
 
 
 # ----------------------------------------------------------------------------- collections
+def _backend_spec(backend: str, milvus_uri: str | None, milvus_collection: str | None,
+                  milvus_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = {"kind": backend}
+    if backend == "milvus":
+        spec.update(uri=milvus_uri, collection=milvus_collection or "contrahash",
+                    **(milvus_options or {}))
+    return spec
+
+
+def build_library_index(data: str, out: Path, bits: list[int] | None, labels: str,
+                        epochs: int | None, finetune_blocks: int, train_images: int,
+                        keep_cache: bool, device: str | None, backend: str,
+                        milvus_uri: str | None, milvus_collection: str | None,
+                        progress: bool, milvus_options: dict[str, Any] | None = None) -> None:
+    """``index build --data FOLDER --out DIR``: learn the model from the folder, index it."""
+    from contrahash.cli.progress import progress_display
+    from contrahash.library.build import DEFAULT_BITS, build_library
+
+    t0 = time.perf_counter()
+    manifest = build_library(data, out, bits=bits or DEFAULT_BITS, epochs=epochs,
+                             finetune_blocks=finetune_blocks, max_train=train_images,
+                             labels=labels, device=device or "auto",
+                             backend=_backend_spec(backend, milvus_uri, milvus_collection,
+                                                   milvus_options),
+                             progress=progress_display(progress),
+                             say=lambda text: console.print(text, highlight=False),
+                             command=invoked_command())
+    dt = time.perf_counter() - t0
+    quality = manifest["training"].get("bits", {})
+    longest = max(quality, key=int) if quality else None
+    if longest is not None:
+        rep = quality[longest]
+        if "self_retrieval_at_10" in rep:
+            console.print(f"label-free quality ({longest} bits): an augmented view finds its own "
+                          f"photo in the top 10 for {rep['self_retrieval_at_10']:.1%} of "
+                          f"{manifest['training'].get('self_queries')} photos (ties counted "
+                          "against it)", highlight=False)
+        elif rep.get("map") is not None:
+            console.print(f"mAP ({longest} bits) against the source's labels: {rep['map']:.4f}",
+                          highlight=False)
+    console.print(f"indexed {manifest['count']:,} images at {', '.join(map(str, manifest['bits']))}"
+                  f" bits -> {out} in {dt:.1f} s; search it: contrahash serve {out}",
+                  highlight=False)
+
+
 def build_collection_index(run_dir: Path, data: str | None, out: Path, bits: list[int] | None,
                            image_root: Path | None, device: str | None, backend: str,
                            milvus_uri: str | None, milvus_collection: str | None,
-                           progress: bool) -> None:
+                           progress: bool, labels: str = "albums",
+                           milvus_options: dict[str, Any] | None = None) -> None:
     """``index build RUN --data SOURCE --out DIR``: a searchable collection."""
     from contrahash.cli.progress import progress_display
     from contrahash.collection import build_collection
 
     if data is None:
         fail("--data SOURCE is needed with a run directory (the images to index)")
-    spec = {"kind": backend}
-    if backend == "milvus":
-        spec.update(uri=milvus_uri, collection=milvus_collection or "contrahash")
     t0 = time.perf_counter()
     manifest = build_collection(run_dir, data, out, bits=bits,
                                 image_root=str(image_root) if image_root else None, device=device,
-                                backend=spec, progress=progress_display(progress),
+                                backend=_backend_spec(backend, milvus_uri, milvus_collection,
+                                                      milvus_options),
+                                labels=labels, progress=progress_display(progress),
                                 command=invoked_command())
     dt = time.perf_counter() - t0
     from contrahash.distributed import context
@@ -205,25 +250,102 @@ def build_collection_index(run_dir: Path, data: str | None, out: Path, bits: lis
                   f" bits -> {out} in {dt:.1f} s ({manifest['count'] / dt:,.1f} images/s)")
 
 
+LabelsOption = Annotated[str, typer.Option(
+    "--labels", help="how a folder's sub-folders are read: albums (a photo library, no labels) "
+    "or folders (class folders: a labelled dataset)")]
+
+
 def add_command(
     directory: Annotated[Path, typer.Argument(help="a collection directory (index build)")],
     data: Annotated[str, typer.Option("--data", help="the images to add (any source)")],
     image_root: Annotated[Path | None, typer.Option("--image-root")] = None,
     device: Annotated[str | None, typer.Option("--device")] = None,
     allow_duplicates: Annotated[bool, typer.Option(
-        "--allow-duplicates", help="add a source that is already in the collection")] = False,
+        "--allow-duplicates", help="store images whose content is already in the collection")
+        ] = False,
+    labels: LabelsOption = "albums",
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ) -> None:
-    """Append images to a collection (ids continue; nothing written before changes)."""
+    """Append images to a collection (new ids; nothing written before changes; content that
+    is already in the collection is reported, not stored twice)."""
     from contrahash.cli.progress import progress_display
     from contrahash.collection import add_to_collection
 
+    _check_labels(labels)
     before = len_of(directory)
     manifest = add_to_collection(directory, data, image_root=str(image_root) if image_root
                                  else None, device=device, allow_duplicates=allow_duplicates,
-                                 progress=progress_display(progress), command=invoked_command())
-    console.print(f"added {manifest['count'] - before:,} images to {directory}: ids "
-                  f"{before}..{manifest['count'] - 1} ({manifest['count']:,} in all)")
+                                 labels=labels, progress=progress_display(progress),
+                                 command=invoked_command())
+    change = manifest["last_change"]
+    _say_duplicates(change)
+    console.print(f"added {manifest['count'] - before:,} images to {directory} "
+                  f"({manifest['count']:,} in all)", highlight=False)
+
+
+def _say_duplicates(change: dict[str, Any]) -> None:
+    dups, bad = change.get("duplicates", []), change.get("unreadable", [])
+    if dups:
+        shown = "; ".join(f"{Path(d['path']).name} (= id {d['same_as']})" if d["same_as"]
+                          is not None else Path(d["path"]).name for d in dups[:5])
+        more = f"; … {len(dups) - 5} more" if len(dups) > 5 else ""
+        console.print(f"not stored again: {len(dups)} file(s) whose content is already in the "
+                      f"collection: {shown}{more}", highlight=False)
+    if bad:
+        shown = "; ".join(f"{Path(b['path']).name} ({b['reason']})" for b in bad[:5])
+        console.print(f"skipped {len(bad)} unreadable file(s): {shown}", highlight=False)
+
+
+def _check_labels(labels: str) -> None:
+    from contrahash.data.sources import FOLDER_LABELS
+
+    if labels not in FOLDER_LABELS:
+        fail(f"--labels must be one of {', '.join(FOLDER_LABELS)}, got {labels!r}")
+
+
+def sync_command(
+    directory: Annotated[Path, typer.Argument(help="a collection directory")],
+    device: Annotated[str | None, typer.Option("--device")] = None,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help='print one line {"added": …, "removed": …, "changed": …, '
+        '"unchanged": …}')] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+) -> None:
+    """Follow the collection's folders: add new photos, remove deleted ones, re-encode changed
+    ones (by content: a touched but identical file is unchanged). Ids of kept items never
+    change; a running `serve` picks the change up."""
+    from contrahash.cli.progress import progress_display
+    from contrahash.collection import sync_collection
+
+    t0 = time.perf_counter()
+    out = sync_collection(directory, device=device,
+                          progress=progress_display(progress and not as_json),
+                          command=invoked_command())
+    if as_json:
+        typer.echo(json.dumps(out))
+        return
+    extra = "".join(f", {out[k]} {k.replace('_', ' ')}" for k in ("duplicates", "unreadable")
+                    if out[k])
+    console.print(f"{directory}: {out['added']} added, {out['removed']} removed, "
+                  f"{out['changed']} changed, {out['unchanged']} unchanged{extra} "
+                  f"({out['encoded']} encoded, {time.perf_counter() - t0:.1f} s)",
+                  highlight=False)
+
+
+def remove_command(
+    directory: Annotated[Path, typer.Argument(help="a collection directory")],
+    item_id: Annotated[list[int] | None, typer.Option("--id", min=0, help="an item id")] = None,
+    path: Annotated[list[Path] | None, typer.Option("--path", help="an indexed file")] = None,
+) -> None:
+    """Remove items (by id or by file path): never returned again; other ids unchanged."""
+    from contrahash.collection import remove_from_collection
+
+    before = len_of(directory)
+    manifest = remove_from_collection(directory, ids=item_id or [],
+                                      paths=[str(p) for p in path or []],
+                                      command=invoked_command())
+    console.print(f"removed {before - manifest['count']} item(s) from {directory} "
+                  f"({manifest['count']:,} left)", highlight=False)
 
 
 def len_of(directory: Path) -> int:
@@ -239,6 +361,7 @@ def info_command(
 ) -> None:
     """What a collection holds: items, code lengths, the run, its sources."""
     from contrahash.collection import collection_info
+    from contrahash.engine import engine_note
 
     info = collection_info(directory)
     if as_json:
@@ -248,8 +371,13 @@ def info_command(
     console.print(f"[bold]{directory}[/]: {info['count']:,} items, code lengths "
                   f"{info['bits']}, backend {info['backend']['kind']}, "
                   f"{info['bytes_on_disk'] / 2**20:,.1f} MiB on disk", highlight=False)
+    if info["backend"]["kind"] == "milvus":
+        from contrahash.milvus import describe_backend
+
+        console.print(describe_backend(info["backend"]), highlight=False)
     console.print(f"model: {run['method']} on {run['backbone']} at {run['image_size']} px "
                   f"({run['precision']}), run {run['run_id']} from {run['dir']}", highlight=False)
+    console.print(engine_note(run.get("engine")), highlight=False)
     table = Table(title="segments")
     for name in ("segment", "ids", "images", "source", "added"):
         table.add_column(name)
@@ -314,10 +442,11 @@ def _search_and_show(collection: Any, image: Path | None, item_id: int | None, k
 
 # ----------------------------------------------------------------------------- commands
 def build_command(
-    source: Annotated[Path, typer.Argument(
-        metavar="RUN|CODES", help="a finished run directory (with --data: a searchable "
-        "collection), or a codes .npy (±1, {0,1} or bool [n, bits]; packed uint8 with --bits)")],
     out: Annotated[Path, typer.Option("--out", "-o", help="collection directory, or index file")],
+    source: Annotated[Path | None, typer.Argument(
+        metavar="[RUN|CODES]", help="a finished run directory (with --data: a searchable "
+        "collection), or a codes .npy (±1, {0,1} or bool [n, bits]; packed uint8 with --bits); "
+        "none: learn the model from --data's own images, then index them")] = None,
     data: Annotated[str | None, typer.Option(
         "--data", help="images to index: a folder, a list file, a packed .npz, CIFAR "
         "batches, one image file")] = None,
@@ -335,11 +464,32 @@ def build_command(
         "--milvus-uri", help="a .db file (embedded Milvus Lite) or http://host:19530")] = None,
     milvus_collection: Annotated[str | None, typer.Option(
         "--milvus-collection", help="Milvus collection name prefix")] = None,
+    milvus_index: Annotated[str, typer.Option(
+        "--milvus-index", help="BIN_FLAT (exact) or BIN_IVF_FLAT (approximate, faster on big "
+        "collections; a Milvus server only: docs/scaling.md)")] = "BIN_FLAT",
+    milvus_nlist: Annotated[int, typer.Option(
+        "--milvus-nlist", min=1, help="BIN_IVF_FLAT: clusters the codes are split into")] = 1024,
+    milvus_nprobe: Annotated[int, typer.Option(
+        "--milvus-nprobe", min=1, help="BIN_IVF_FLAT: clusters a search visits")] = 16,
     nproc: Annotated[int, typer.Option(
         "--nproc", min=1, help="processes sharing the encoding (torch.distributed)")] = 1,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+    labels: LabelsOption = "albums",
+    epochs: Annotated[int | None, typer.Option(
+        "--epochs", min=1, help="no RUN: training epochs (default: FDBH's 80)")] = None,
+    finetune_blocks: Annotated[int, typer.Option(
+        "--finetune-blocks", min=0, help="no RUN: fine-tune the backbone's last N blocks from "
+        "the block cache (slower, better codes; 0 = frozen backbone, the default)")] = 0,
+    train_images: Annotated[int, typer.Option(
+        "--train-images", min=2, help="no RUN: images the model learns from at most")] = 5000,
+    keep_cache: Annotated[bool, typer.Option(
+        "--keep-cache", help="no RUN: keep the training feature cache in DIR/training")] = False,
+    overrides: Annotated[list[str] | None, typer.Option(
+        "--set", help="no RUN: a training config override key=value (as `contrahash train` "
+        "takes them), repeatable")] = None,
 ) -> None:
-    """Index images with a trained run (a collection directory), or index a codes file."""
+    """Index a folder of images in one command (its model learnt from the images themselves),
+    index images with a trained run, or index a codes file."""
     from contrahash.distributed import is_distributed
 
     if nproc > 1 and not is_distributed():
@@ -347,9 +497,19 @@ def build_command(
         return
     if backend not in ("faiss", "milvus"):
         fail(f"--backend must be faiss or milvus, got {backend!r}")
+    milvus_options = {"index": milvus_index.upper(), "nlist": milvus_nlist,
+                      "nprobe": milvus_nprobe}
+    _check_labels(labels)
+    if source is None:
+        if data is None:
+            fail("give --data FOLDER (the images to learn from and index), or a RUN directory")
+        build_library_index(data, out, bits, labels, epochs, finetune_blocks, train_images,
+                            keep_cache, device, backend, milvus_uri, milvus_collection, progress,
+                            milvus_options)
+        return
     if source.is_dir():
         build_collection_index(source, data, out, bits, image_root, device, backend,
-                               milvus_uri, milvus_collection, progress)
+                               milvus_uri, milvus_collection, progress, labels, milvus_options)
         return
     if data is not None:
         fail(f"RUN {source} is not a run directory (--data indexes images with a trained run)")

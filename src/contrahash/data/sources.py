@@ -61,6 +61,10 @@ from contrahash.data.images import (
 
 log = logging.getLogger(__name__)
 
+
+class NoReadableImages(DataError):
+    """Files were found, but none of them is a readable image."""
+
 #: folder/list sources with more images than this load lazily
 LAZY_THRESHOLD = 20_000
 #: ... and so do those whose in-memory tensor would be larger than this many bytes
@@ -663,7 +667,7 @@ def _load_files(
     ok = np.array([not isinstance(p, str) for p in probes], dtype=bool)
     if not ok.any():
         _warn_skipped(skipped, n_files, root)
-        raise DataError(
+        raise NoReadableImages(
             f"{root}: none of the {n_files} files is a readable image; empty dataset"
             + (" (check image_root)" if kind == "list" else "")
         )
@@ -697,7 +701,7 @@ def _load_files(
         decoding = {"decoder": "pil", "resize": "pil" if target else None, "size": target}
     _warn_skipped(skipped, n_files, root)
     if len(keep) == 0:
-        raise DataError(f"{root}: none of the {n_files} files decodes; empty dataset")
+        raise NoReadableImages(f"{root}: none of the {n_files} files decodes; empty dataset")
     labels = labels[keep]
     if groups is not None:
         groups = {k: v[keep] for k, v in groups.items()}
