@@ -280,6 +280,10 @@ class RunDirectory:
         """results.json, and a "finished" event with the headline numbers."""
         if self.writer:
             write_json(self.path / RESULTS, results)
+        if results.get("labels") is False:
+            self.log_event("finished", **{f"self_retrieval@10_{k}": v.get("self_retrieval_at_10")
+                                          for k, v in results.get("bits", {}).items()})
+            return
         self.log_event("finished", **{f"map@{results.get('topk')}_{k}": v.get("map")
                                       for k, v in results.get("bits", {}).items()})
 

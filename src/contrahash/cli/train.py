@@ -73,6 +73,16 @@ def print_results(results: dict, title: str = "results") -> None:
     """A rich table of a run's metrics per code length."""
     bits = results.get("bits", results)
     topk = results.get("topk")
+    if results.get("labels") is False:  # unlabelled images: the label-free figure, no mAP
+        table = Table(title=f"{title} (no labels: augmented-view self-retrieval)")
+        for name in ("bits", "self-retrieval@10", "with ties for it", "mean distance to self"):
+            table.add_column(name, justify="right")
+        for k, rep in bits.items():
+            table.add_row(str(k), fmt(rep.get("self_retrieval_at_10")),
+                          fmt(rep.get("self_retrieval_at_10_best")),
+                          f"{rep.get('mean_distance_to_self', float('nan')):.2f}")
+        console.print(table)
+        return
     table = Table(title=title)
     table.add_column("bits", justify="right")
     table.add_column(f"mAP@{topk if topk else 'ALL'}", justify="right")

@@ -50,14 +50,15 @@ def format_seconds(seconds: float) -> str:
 @dataclass
 class Work:
     """Amounts of each kind of work, and prior speeds (units per second) for kinds not yet
-    measured."""
+    measured: speeds measured together on the 2-core CPU (docs/photos.md), scaled by the
+    backbone speed measured now (a slower or busier machine is slower at everything)."""
 
     forwards: int
     train_images: int
     scan_items: int
     reload_seconds: float = 0.0
     prior: dict[str, float] = field(default_factory=lambda: {
-        "forwards": 150.0, "train": 6000.0, "scan": 150.0})
+        "forwards": 150.0, "train": 2000.0, "scan": 150.0})
 
 
 class TimeEstimate:
@@ -71,7 +72,8 @@ class TimeEstimate:
         self.start = time.perf_counter()
         self.done = {"forwards": 0, "train": 0, "scan": 0}
         self.rate: dict[str, float] = {}
-        self._last: dict[str, int] = {}
+        self.busy = {"forwards": 0.0, "train": 0.0, "scan": 0.0}
+        self._last: dict[str, tuple[int, float]] = {}
         self._said_after = ""
         self._said_at = 0.0
         self.first: float | None = None  # the first estimate of the total, seconds
@@ -91,12 +93,14 @@ class TimeEstimate:
             self.callback(event)
         kind = self._kind(event.phase)
         if kind is not None:  # phases of one name run one after another (epochs)
-            last = self._last.get(event.phase, 0)
-            if event.done < last:
-                last = 0
-            self.done[kind] += event.done - last
-            self._last[event.phase] = 0 if event.finished else event.done
-            self._measure(kind, event)
+            last = self._last.get(event.phase, (0, 0.0))
+            if event.done < last[0]:
+                last = (0, 0.0)
+            self.done[kind] += event.done - last[0]
+            self.busy[kind] += event.seconds - last[1]
+            self._last[event.phase] = (0, 0.0) if event.finished else (event.done,
+                                                                       event.seconds)
+            self._measure(kind)
         if self.first is None and "forwards" in self.rate:
             self._report(first=True)
         elif event.finished and self.first is not None and kind is not None and (
@@ -105,21 +109,26 @@ class TimeEstimate:
             self._said_after = event.phase  # one line per phase (epochs: every REPORT_EVERY s)
             self._report(first=False)
 
-    def _measure(self, kind: str, event: ProgressEvent) -> None:
-        if event.seconds < (MIN_SECONDS if kind == "forwards" else 0.5):
+    def _measure(self, kind: str) -> None:
+        """A kind's speed: its units done over the seconds its phases ran (all of them: a
+        training epoch on cached features lasts a fraction of a second)."""
+        if self.busy[kind] < (MIN_SECONDS if kind == "forwards" else 0.5):
             return
-        if kind == "forwards" and event.done < MIN_IMAGES:
+        if kind == "forwards" and self.done[kind] < MIN_IMAGES:
             return
-        if event.done > 0:
-            self.rate[kind] = event.done / event.seconds
+        if self.done[kind] > 0:
+            self.rate[kind] = self.done[kind] / self.busy[kind]
 
     def remaining(self) -> float:
         """Seconds still to go, from the speeds measured so far (priors elsewhere)."""
         w = self.work
         left = 0.0
+        forwards = self.rate.get("forwards")
         for kind, total in (("forwards", w.forwards), ("train", w.train_images),
                             ("scan", w.scan_items)):
-            rate = self.rate.get(kind) or w.prior[kind]
+            rate = self.rate.get(kind)
+            if rate is None:  # not measured yet: as fast, relative to the backbone, as here
+                rate = w.prior[kind] * (forwards / w.prior["forwards"] if forwards else 1.0)
             left += max(0, total - self.done[kind]) / rate
         if self.done["scan"] == 0:
             left += w.reload_seconds
