@@ -707,12 +707,18 @@ def test_serve_command_opens_the_collection_and_binds_loopback(monkeypatch, tmp_
     assert settings.token == "envtok" and settings.warm_up
     assert team_sizes == [1] and settings.encode_threads == torch.get_num_threads()
     assert getattr(opened[-1], "closed", False)  # closed when the server stops
+    from contrahash.serve.connections import HeadTimeoutH11Protocol
+
+    assert issubclass(calls[-1]["http"], HeadTimeoutH11Protocol)
+    assert calls[-1]["http"].head_timeout_s == settings.header_timeout_s == 10.0
 
     result = runner.invoke(cli, [str(tmp_path), "--port", "9123", "--max-upload-mb", "2",
                                  "--token", "cli"], env={"CONTRAHASH_TOKEN": ""})
     settings = calls[-1]["app"].state.serve.settings
     assert calls[-1]["port"] == 9123 and settings.token == "cli"
     assert settings.max_upload_bytes == 2 * 1024 * 1024
+    runner.invoke(cli, [str(tmp_path), "--header-timeout", "2.5"])
+    assert calls[-1]["http"].head_timeout_s == 2.5
 
     result = runner.invoke(cli, ["no-such-collection-dir"])
     assert result.exit_code != 0 and "is not a directory" in result.output
