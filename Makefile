@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH_SPEC)
-	$(BIN)/python -m pip install -q -e '.[dev,milvus,milvus-server,engine]'
+	$(BIN)/python -m pip install -q -e '.[dev,milvus,milvus-server,engine,heif]'
 	touch $(STAMP)
 
 # everything, as CI runs it (the browser test needs Debian's chromium + chromium-driver:

@@ -393,3 +393,18 @@ def test_kill_minus_nine_during_sync_then_sync_completes(synced):
             code = coll.encode([coll.decode_image(p.read_bytes())])[32]
             hits = coll.search_codes(code, 3, 32)[0]
             assert by_path[str(p)] in [h.id for h in hits if h.distance == 0]
+
+
+def test_heic_photos_with_the_extra(tmp_path):
+    pillow_heif = pytest.importorskip("pillow_heif") if not os.environ.get("CI") else (
+        __import__("pillow_heif"))
+    pillow_heif.register_heif_opener()
+    rgb = np.zeros((48, 64, 3), np.uint8)
+    rgb[:, :32] = (220, 40, 40)
+    folder = tmp_path / "iphone" / "2024"
+    folder.mkdir(parents=True)
+    Image.fromarray(rgb).save(folder / "IMG_0002.HEIC", format="HEIF", quality=95)
+    ds = load_source(tmp_path / "iphone")
+    assert len(ds) == 1 and ds.albums == ["2024"]
+    out = np.asarray(ds.images[0]).astype(int)
+    assert np.abs(out - rgb).mean() < 8  # lossy HEVC, the same picture
