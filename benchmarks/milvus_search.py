@@ -12,6 +12,20 @@ Milvus server that has that index (Milvus Lite has only BIN_FLAT; that is report
 
 Final line:
 ``milvus_distance_equal=<true|false> milvus_qps_k10=<q/s> faiss_qps_k10=<q/s>``.
+
+``--server``: BIN_FLAT against BIN_IVF_FLAT on a real standalone Milvus server (started here
+with :class:`contrahash.milvus_server.LocalMilvusServer`, or ``--server-uri``), on real codes:
+``--run DIR`` (a finished run: ``codes/<bits>.npz``, its query and database codes). Two
+database sizes: the run's own database codes, and the same codes tiled to ``--tile`` codes
+(default 1,000,000): copy ``t >= 1`` of the database has every bit flipped independently with
+probability ``--noise`` (0.03), so the copies keep the codes' cluster structure without
+repeating them exactly. Queries: the run's query codes. For each size: BIN_FLAT (MilvusIndex,
+exact, ties completed) and BIN_IVF_FLAT for every ``--nlists`` x ``--nprobes`` cell; recall@10
+and @100 against faiss' exact ranking, ties allowed (an item at an exact neighbour's distance
+counts as a hit), and q/s (best of ``--rounds``, all queries in one call). The default setting
+is the fastest cell with recall@10 >= ``--target-recall`` on the tiled codes. Final line:
+``milvus_ivf_recall10=<r> milvus_ivf_speedup=<x> milvus_ivf_nlist=<n> milvus_ivf_nprobe=<p>``
+(speedup: that cell's q/s at k=10 over BIN_FLAT's, same server and codes).
 """
 
 from __future__ import annotations
@@ -79,6 +93,120 @@ def ivf_recall(args, db: np.ndarray, q: np.ndarray, exact: np.ndarray) -> None:
                   f"recall@10 {multiset_recall(d, exact):.4f}   {len(q) / seconds:9.0f} q/s")
 
 
+def tiled(db: np.ndarray, total: int, noise: float, seed: int) -> np.ndarray:
+    """``db`` (bool codes) repeated to ``total`` rows; copies after the first with each bit
+    flipped with probability ``noise``."""
+    rng = np.random.default_rng(seed)
+    parts, have = [db], len(db)
+    while have < total:
+        part = db[: total - have]
+        parts.append(part ^ (rng.random(part.shape) < noise))
+        have += len(part)
+    return np.concatenate(parts)
+
+
+def server_cells(args, index_cls: Any, uri: str, name: str, db: np.ndarray, q: np.ndarray
+                 ) -> tuple[list[dict[str, Any]], float]:
+    """BIN_FLAT and every IVF cell on ``db``: rows of the table, and BIN_FLAT's q/s at k=10."""
+    import faiss
+
+    from contrahash.index import pack_codes
+
+    packed, qp = pack_codes(db), pack_codes(q)
+    flat = faiss.IndexBinaryFlat(8 * packed.shape[1])
+    flat.add(packed)
+    exact = {k: flat.search(qp, k)[0] for k in (10, 100)}
+    rows: list[dict[str, Any]] = []
+
+    def measure(index: Any, label: dict[str, Any]) -> dict[str, Any]:
+        index.search(qp[:8], 10, packed=True)  # warm-up
+        row = dict(label)
+        for k in (10, 100):
+            seconds, (d, _) = best_time(lambda k=k: index.search(qp, k, packed=True),
+                                        args.rounds)
+            row[f"qps{k}"] = len(qp) / seconds
+            row[f"recall{k}"] = multiset_recall(d, exact[k])
+        rows.append(row)
+        print(f"  {row['index']:12s} nlist={row.get('nlist', '-')!s:>5} "
+              f"nprobe={row.get('nprobe', '-')!s:>4}: recall@10 {row['recall10']:.4f}  "
+              f"@100 {row['recall100']:.4f}   {row['qps10']:8.0f} q/s (k=10)  "
+              f"{row['qps100']:8.0f} q/s (k=100)", flush=True)
+        return row
+
+    t0 = time.perf_counter()
+    with index_cls(uri, db.shape[1], f"{name}_flat") as index:
+        if len(index) != len(packed):
+            index.add(packed, packed=True)
+            index.flush(reload=True)
+        print(f"  BIN_FLAT: {len(packed):,} codes inserted, flushed, loaded in "
+              f"{time.perf_counter() - t0:.1f} s", flush=True)
+        flat_qps = measure(index, {"index": "BIN_FLAT"})["qps10"]
+    for nlist in args.nlists:
+        t0 = time.perf_counter()
+        with index_cls(uri, db.shape[1], f"{name}_ivf{nlist}", index_type="BIN_IVF_FLAT",
+                       nlist=nlist) as index:
+            if len(index) != len(packed):
+                index.add(packed, packed=True)
+                index.flush(reload=True)
+            print(f"  BIN_IVF_FLAT nlist={nlist}: inserted, indexed, loaded in "
+                  f"{time.perf_counter() - t0:.1f} s", flush=True)
+            for nprobe in args.nprobes:
+                if nprobe > nlist:
+                    continue
+                index.nprobe = nprobe
+                measure(index, {"index": "BIN_IVF_FLAT", "nlist": nlist, "nprobe": nprobe})
+    for row in rows:
+        row["speedup10"] = row["qps10"] / flat_qps
+    return rows, flat_qps
+
+
+def server_main(args) -> None:
+    from contrahash.milvus import MilvusIndex
+    from contrahash.milvus_server import LocalMilvusServer
+
+    codes = np.load(Path(args.run) / "codes" / f"{args.bits}.npz")
+    db, q = codes["database"] > 0, codes["query"] > 0
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    print(f"codes: {args.run} codes/{args.bits}.npz: {len(db):,} database, {len(q):,} queries; "
+          f"{cpus} CPUs; tiled: {args.tile:,} codes, bit noise {args.noise} per copy after "
+          "the first", flush=True)
+    with tempfile.TemporaryDirectory(prefix="milvus-server-bench-", dir=args.work_dir) as tmp:
+        server = None
+        uri = args.server_uri
+        if uri is None:
+            server = LocalMilvusServer(Path(tmp) / "server")
+            t0 = time.perf_counter()
+            uri = server.start()
+            print(f"Milvus 2.3.5 standalone at {uri} (pid {server.pid}) started in "
+                  f"{time.perf_counter() - t0:.1f} s", flush=True)
+        try:
+            tables = {}
+            for label, data in ((f"{len(db):,} codes", db),
+                                (f"{args.tile:,} tiled codes", tiled(db, args.tile, args.noise,
+                                                                     args.seed))):
+                print(f"{label}:", flush=True)
+                tables[label] = server_cells(args, MilvusIndex, uri, f"bench{len(data)}", data,
+                                             q)[0]
+        finally:
+            if server is not None:
+                server.stop()
+    print("\n| codes | index | nlist | nprobe | recall@10 | recall@100 | q/s k=10 | q/s k=100 "
+          "| speedup k=10 |\n|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for label, rows in tables.items():
+        for r in rows:
+            print(f"| {label} | {r['index']} | {r.get('nlist', '')} | {r.get('nprobe', '')} | "
+                  f"{r['recall10']:.4f} | {r['recall100']:.4f} | {r['qps10']:,.0f} | "
+                  f"{r['qps100']:,.0f} | {r['speedup10']:.2f} |")
+    big = list(tables.values())[-1]
+    ivf = [r for r in big if r["index"] == "BIN_IVF_FLAT"]
+    good = [r for r in ivf if r["recall10"] >= args.target_recall]
+    pick = max(good, key=lambda r: r["qps10"]) if good else max(ivf, key=lambda r: r["recall10"])
+    print(f"chosen default ({'fastest with recall@10 >= ' + str(args.target_recall) if good else 'no cell reaches the target: the best recall'}): "
+          f"nlist={pick['nlist']} nprobe={pick['nprobe']}")
+    print(f"milvus_ivf_recall10={pick['recall10']:.4f} milvus_ivf_speedup={pick['speedup10']:.2f} "
+          f"milvus_ivf_nlist={pick['nlist']} milvus_ivf_nprobe={pick['nprobe']}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_search_workload(parser, rounds=3)
@@ -86,7 +214,23 @@ def main() -> None:
                         help="a Milvus server (http://host:port) for the BIN_IVF_FLAT recall")
     parser.add_argument("--nlist", type=int, default=1024)
     parser.add_argument("--nprobes", type=int, nargs="+", default=[8, 32, 128])
+    parser.add_argument("--server", action="store_true",
+                        help="BIN_FLAT vs BIN_IVF_FLAT on a Milvus server, real codes (--run)")
+    parser.add_argument("--server-uri", default=None,
+                        help="--server: use this Milvus server instead of starting one")
+    parser.add_argument("--run", default=None, help="--server: a finished run directory")
+    parser.add_argument("--tile", type=int, default=1_000_000)
+    parser.add_argument("--noise", type=float, default=0.03)
+    parser.add_argument("--nlists", type=int, nargs="+", default=[256, 1024])
+    parser.add_argument("--target-recall", type=float, default=0.95)
+    parser.add_argument("--work-dir", default=None,
+                        help="--server: where the started server's temporary folder goes")
     args = parser.parse_args()
+    if args.server:
+        if args.run is None:
+            parser.error("--server needs --run DIR (a finished run with codes/<bits>.npz)")
+        server_main(args)
+        return
 
     import faiss
 

@@ -32,11 +32,11 @@ Milvus itself breaks ties in its own order and, at the ``k``-th distance, may re
 of the tied items. With ``BIN_FLAT`` the result is made identical to faiss'
 ``IndexBinaryFlat``:
 
-1. each query asks Milvus for ``L = min(n, 2k + 64, 16384)`` neighbours (16384 is Milvus'
+1. each query asks Milvus for ``L = min(2k + 64, 16384)`` neighbours (16384 is Milvus'
    top-k cap). Every item closer than the ``L``-th returned distance is among them.
-   If the ``L``-th distance is larger than the ``k``-th one (or ``L`` covers the whole
-   collection), the group of items at the ``k``-th distance ``D`` is complete: sort by
-   ``(distance, id)`` and cut at ``k``.
+   If the ``L``-th distance is larger than the ``k``-th one (or fewer than ``L`` came back:
+   the whole collection), the group of items at the ``k``-th distance ``D`` is complete:
+   sort by ``(distance, id)`` and cut at ``k``.
 2. otherwise one range search per distinct ``D`` (the queries sharing it batched together)
    fetches the whole group at distance exactly ``D`` (``D <= distance < D + 1``).
 3. a group of more than 16384 items is read in id windows (a filter ``lo <= id < hi``,
@@ -61,6 +61,7 @@ most 16384 queries (Milvus' nq cap) and about a million hits per request.
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import uuid
@@ -187,11 +188,23 @@ def _check_bits(bits: Any) -> int:
     return int(bits)
 
 
+def server_auth() -> dict[str, str]:
+    """Credentials for a Milvus server from the environment, never from a collection's
+    manifest (which records the uri): ``CONTRAHASH_MILVUS_TOKEN`` (``user:password``, or a
+    Zilliz Cloud API key) and ``CONTRAHASH_MILVUS_DB`` (a database other than ``default``)."""
+    out = {}
+    if os.environ.get("CONTRAHASH_MILVUS_TOKEN"):
+        out["token"] = os.environ["CONTRAHASH_MILVUS_TOKEN"]
+    if os.environ.get("CONTRAHASH_MILVUS_DB"):
+        out["db_name"] = os.environ["CONTRAHASH_MILVUS_DB"]
+    return out
+
+
 def index_options(backend: dict[str, Any]) -> dict[str, Any]:
     """The :class:`MilvusIndex` keyword arguments of a collection's ``backend`` record
     (``index``, ``nlist``, ``nprobe``; an older record without them is ``BIN_FLAT``)."""
     return {"index_type": str(backend.get("index", "BIN_FLAT")),
-            "nlist": int(backend.get("nlist", 1024)), "nprobe": int(backend.get("nprobe", 16))}
+            "nlist": int(backend.get("nlist", 1024)), "nprobe": int(backend.get("nprobe", 32))}
 
 
 def describe_backend(backend: dict[str, Any]) -> str:
@@ -206,7 +219,7 @@ def describe_backend(backend: dict[str, Any]) -> str:
 
 
 def check_backend(uri: str, index_type: str = "BIN_FLAT", nlist: int = 1024,
-                  nprobe: int = 16, connect_timeout: float = 5.0) -> None:
+                  nprobe: int = 32, connect_timeout: float = 5.0) -> None:
     """Refuse Milvus options that cannot work before anything is written: an unknown index
     type, ``nlist``/``nprobe`` < 1, ``BIN_IVF_FLAT`` on Milvus Lite, a malformed uri, or a
     server that does not answer within ``connect_timeout`` s (a :class:`MilvusError` naming
@@ -225,7 +238,7 @@ def check_backend(uri: str, index_type: str = "BIN_FLAT", nlist: int = 1024,
     pm = _pymilvus()
     alias = f"contrahash-check-{uuid.uuid4().hex}"
     try:
-        pm.connections.connect(alias, uri=str(uri), timeout=connect_timeout)
+        pm.connections.connect(alias, uri=str(uri), timeout=connect_timeout, **server_auth())
     except pm.MilvusException as exc:
         raise MilvusError(f"cannot reach the Milvus server at {uri} within "
                           f"{connect_timeout:g} s ({exc.message}); is it running?") from None
@@ -259,7 +272,7 @@ class MilvusIndex:
         *,
         index_type: str = "BIN_FLAT",
         nlist: int = 1024,
-        nprobe: int = 16,
+        nprobe: int = 32,
         create: bool = True,
         connect_timeout: float = 5.0,
     ) -> None:
@@ -330,7 +343,7 @@ class MilvusIndex:
         connections = self._pm.connections
         if self._lite_path is None:
             try:
-                connections.connect(self._alias, uri=self.uri, timeout=timeout)
+                connections.connect(self._alias, uri=self.uri, timeout=timeout, **server_auth())
             except self._pm.MilvusException as exc:
                 raise MilvusError(
                     f"cannot reach the Milvus server at {self.uri} within {timeout:g} s "
@@ -684,9 +697,13 @@ class MilvusIndex:
         slots hold id ``-1`` and distance ``PAD_DISTANCE`` (int32 max). ``min(k, len(self))``
         may not exceed 16384 (Milvus' top-k cap).
         """
-        n = len(self)
-        q, dist, ids, kk = search_frame(queries, k, packed, self.bits, n,
-                                        f" ({self._where()})")
+        # the count costs a request (a Strong read waits for the server's next time tick);
+        # it only matters when k exceeds the top-k cap: otherwise fewer hits than asked for
+        # mean that every item came back
+        big_k = isinstance(k, int | np.integer) and not isinstance(k, bool) and k > MAX_TOPK
+        n = len(self) if big_k else None
+        q, dist, ids, kk = search_frame(queries, k, packed, self.bits,
+                                        MAX_TOPK if n is None else n, f" ({self._where()})")
         nq, k = q.shape[0], dist.shape[1]
         if nq == 0 or kk == 0:
             return dist, ids
@@ -703,12 +720,13 @@ class MilvusIndex:
             ids[r, : len(order)] = i[order]
         return dist, ids
 
-    def _exact_search(self, q: np.ndarray, kk: int, n: int
+    def _exact_search(self, q: np.ndarray, kk: int, n: int | None
                       ) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Per query: candidates holding every item of the exact top ``kk`` by (distance, id)."""
-        limit = min(n, MAX_TOPK, 2 * kk + 64)
+        """Per query: candidates holding every item of the exact top ``kk`` by (distance, id)
+        (``n``: the collection size when known)."""
+        limit = min(MAX_TOPK, 2 * kk + 64) if n is None else min(n, MAX_TOPK, 2 * kk + 64)
         rows = self._raw_search(q, limit, {})
-        if limit >= n:
+        if n is not None and limit >= n:
             return rows  # the whole collection: nothing can be missing
         by_boundary: dict[int, list[int]] = {}
         for r, (d, _) in enumerate(rows):
