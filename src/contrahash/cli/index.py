@@ -378,12 +378,17 @@ def info_command(
     console.print(f"model: {run['method']} on {run['backbone']} at {run['image_size']} px "
                   f"({run['precision']}), run {run['run_id']} from {run['dir']}", highlight=False)
     console.print(engine_note(run.get("engine")), highlight=False)
-    table = Table(title="segments")
-    for name in ("segment", "ids", "images", "source", "added"):
+    removed = len(info.get("removed", []))
+    if removed or info.get("generation"):
+        console.print(f"{removed:,} item(s) removed; ids up to {info.get('next_id', 0) - 1} "
+                      f"used; {info.get('generation', 0)} change(s) committed, the last at "
+                      f"{info.get('updated_at')}", highlight=False)
+    table = Table(title="segments (a later row of an id supersedes an earlier one)")
+    for name in ("segment", "ids", "images", "source", "kind", "added"):
         table.add_column(name)
     for seg in info["segments"]:
-        table.add_row(seg["name"], f"{seg['first_id']}..{seg['first_id'] + seg['count'] - 1}",
-                      f"{seg['count']:,}", seg["source"], seg["added_at"])
+        table.add_row(seg["name"], f"{seg['first_id']}..",
+                      f"{seg['count']:,}", seg["source"], seg.get("kind", "-"), seg["added_at"])
     console.print(table)
 
 
@@ -470,7 +475,7 @@ def build_command(
     milvus_nlist: Annotated[int, typer.Option(
         "--milvus-nlist", min=1, help="BIN_IVF_FLAT: clusters the codes are split into")] = 1024,
     milvus_nprobe: Annotated[int, typer.Option(
-        "--milvus-nprobe", min=1, help="BIN_IVF_FLAT: clusters a search visits")] = 16,
+        "--milvus-nprobe", min=1, help="BIN_IVF_FLAT: clusters a search visits")] = 32,
     nproc: Annotated[int, typer.Option(
         "--nproc", min=1, help="processes sharing the encoding (torch.distributed)")] = 1,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
@@ -500,6 +505,10 @@ def build_command(
     milvus_options = {"index": milvus_index.upper(), "nlist": milvus_nlist,
                       "nprobe": milvus_nprobe}
     _check_labels(labels)
+    if source is not None and (epochs is not None or finetune_blocks or overrides
+                               or keep_cache or train_images != 5000):
+        fail("--epochs, --finetune-blocks, --train-images, --keep-cache and --set train a model "
+             "from --data: give them without a RUN (a run's model is already trained)")
     if source is None:
         if data is None:
             fail("give --data FOLDER (the images to learn from and index), or a RUN directory")

@@ -11,7 +11,8 @@ trains longer. No label is used for training; a folder's sub-folders are albums 
 ``labels="folders"``.
 
 The training run lives in ``DIR/training/`` (resumable: run the same command again after an
-interruption), the collection around it in ``DIR``; the run's own codes of every image are
+interruption; once the collection is built its feature cache and checkpoints are dropped
+unless ``keep_cache``), the collection around it in ``DIR``; the run's own codes of every image are
 the collection's codes, so no image goes through the backbone twice. A time estimate is said
 before the long phases (:class:`contrahash.library.estimate.TimeEstimate`).
 """
@@ -123,9 +124,10 @@ def build_library(data: str, out: str | Path, *, bits: Sequence[int] = DEFAULT_B
     manifest = build_collection(run_dir, source, out, labels=labels, backend=backend,
                                 progress=estimate, command=command, codes=codes,
                                 device=device if device != "auto" else None)
-    if not keep_cache:
+    if not keep_cache:  # the finished run keeps its model, codes and metrics (~1/3 the size)
         shutil.rmtree(run_dir / "cache", ignore_errors=True)
-        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+        for leftover in (*run_dir.glob("checkpoint-*"), run_dir / "checkpoint.json"):
+            leftover.unlink(missing_ok=True)
     total = time.perf_counter() - t0
     return {**manifest, "training": result.results,
             "estimate": {"first_seconds": estimate.first, "actual_seconds": total,
