@@ -296,3 +296,12 @@ def test_connections_without_a_request_head_are_closed(fake):
             ok.sendall(b"HEAD /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             ok.settimeout(3.0)
             assert ok.recv(4096).startswith(b"HTTP/1.1 200")
+
+
+def test_a_collection_without_perceptual_codes_gets_a_clear_422():
+    fake = FakeCollection(n=12)
+    fake.perceptual_codes = lambda: (fake.live_ids(), np.zeros((12, 0), np.uint8))
+    with TestClient(create_app(fake, ServeSettings())) as c:
+        r = c.get("/api/duplicates")
+        assert r.status_code == 422 and "index sync" in r.json()["detail"]
+        assert c.get("/api/duplicates", params={"bits": 16}).status_code == 200

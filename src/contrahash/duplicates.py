@@ -263,6 +263,10 @@ def find_duplicates(collection: Any, radius: int = DEFAULT_RADIUS, bits: int | N
     if bits is None or (bits == PERCEPTUAL_BITS and bits not in collection.bits):
         ids, codes = collection.perceptual_codes()
         bits = PERCEPTUAL_BITS
+        if len(ids) and np.asarray(codes).shape[1] != PERCEPTUAL_BITS // 8:
+            raise ValueError("this collection holds no perceptual codes (built before "
+                             "near-duplicate search existed): `contrahash index sync DIR` "
+                             "or a rebuild adds them")
     else:
         if bits not in collection.bits:
             raise ValueError(f"--bits {bits}: the collection has codes of "

@@ -58,6 +58,8 @@ async def duplicates(
         raise HTTPException(422, "this collection has no perceptual codes (built before "
                             "duplicates were supported): run `contrahash index sync` on it"
                             ) from None
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
     size = per_page or state.settings.duplicates_per_page
     pages = max(1, -(-len(groups) // size))
     chosen = groups[(page - 1) * size:page * size]
