@@ -243,7 +243,7 @@ class LocalMilvusServer:
 
     def restart(self, timeout: float = 120.0) -> str:
         """Stop and start again on the same ports and data (the same :attr:`uri`)."""
-        self.stop()
+        self.stop(timeout=1.0)
         return self.start(timeout)
 
     def __enter__(self) -> LocalMilvusServer:
