@@ -305,3 +305,28 @@ def test_a_collection_without_perceptual_codes_gets_a_clear_422():
         r = c.get("/api/duplicates")
         assert r.status_code == 422 and "index sync" in r.json()["detail"]
         assert c.get("/api/duplicates", params={"bits": 16}).status_code == 200
+
+
+def test_derived_values_are_computed_once_per_snapshot_and_bounded():
+    import asyncio
+
+    fake = FakeCollection(n=12)
+    app = create_app(fake, ServeSettings())
+    state = app.state.serve
+    calls: list[int] = []
+
+    def compute(x: int):
+        calls.append(x)
+        return x * 10
+
+    async def scenario():
+        same = await asyncio.gather(*(state.derived("a", lambda: compute(1)) for _ in range(5)))
+        assert same == [10] * 5 and calls == [1]
+        for k in range(20):
+            await state.derived(("r", k), lambda k=k: compute(k))
+        assert len(state._derived) <= state.max_derived
+        state.generation += 1  # a reload that changed the collection
+        assert await state.derived("a", lambda: compute(2)) == 20
+        assert len(state._derived) == 1
+
+    asyncio.run(scenario())

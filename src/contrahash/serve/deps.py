@@ -32,6 +32,8 @@ class ServeState:
     #: bumped by every reload that changed the collection: the key of :meth:`derived`'s cache
     generation: int = 0
     _derived: dict[Any, asyncio.Future] = field(default_factory=dict)
+    #: at most this many derived values are kept (e.g. groups at several radii)
+    max_derived: int = 8
 
     def reload(self) -> bool:
         """``collection.reload()``, one at a time (blocking: call it from a worker thread)."""
@@ -53,6 +55,8 @@ class ServeState:
         if future is None:
             for old in [k for k in self._derived if k[0] != generation]:
                 del self._derived[old]
+            while len(self._derived) >= self.max_derived:  # the oldest first: a bounded cache
+                del self._derived[next(iter(self._derived))]
             loop = asyncio.get_running_loop()
             future = loop.run_in_executor(None, self._run_single_threaded, compute)
             self._derived[full_key] = future
