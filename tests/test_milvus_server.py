@@ -225,3 +225,39 @@ def test_a_restart_between_two_searches_gives_the_same_results(milvus_server):
     flat = faiss.IndexBinaryFlat(64)
     flat.add(db)
     np.testing.assert_array_equal(before[1], flat.search(queries, 50)[1])
+
+
+def test_credentials_reach_pymilvus_from_the_environment(monkeypatch: pytest.MonkeyPatch):
+    """Token and database come from the environment (a manifest records only the uri)."""
+    import pymilvus
+
+    from contrahash.milvus import check_backend
+
+    seen: list[dict[str, object]] = []
+
+    def connect(alias: str, **kwargs: object) -> None:
+        seen.append(kwargs)
+
+    monkeypatch.setattr(pymilvus.connections, "connect", connect)
+    monkeypatch.setenv("CONTRAHASH_MILVUS_TOKEN", "reader:secret")
+    monkeypatch.setenv("CONTRAHASH_MILVUS_DB", "photos")
+    check_backend("https://milvus.example:19530", "BIN_IVF_FLAT", 64, 8)
+    monkeypatch.delenv("CONTRAHASH_MILVUS_TOKEN")
+    monkeypatch.delenv("CONTRAHASH_MILVUS_DB")
+    check_backend("http://milvus.example:19530")
+    assert seen[0]["token"] == "reader:secret" and seen[0]["db_name"] == "photos"
+    assert seen[0]["uri"] == "https://milvus.example:19530"
+    assert "token" not in seen[1] and "db_name" not in seen[1]
+
+
+def test_backend_options_are_refused_before_any_connection(tmp_path):
+    from contrahash.milvus import check_backend
+
+    with pytest.raises(MilvusError, match="supports only the BIN_FLAT index"):
+        check_backend(str(tmp_path / "codes.db"), "BIN_IVF_FLAT")
+    with pytest.raises(MilvusError, match="must be one of BIN_FLAT, BIN_IVF_FLAT"):
+        check_backend("http://127.0.0.1:1", "HNSW")
+    with pytest.raises(MilvusError, match="nlist and nprobe must be >= 1"):
+        check_backend("http://127.0.0.1:1", "BIN_IVF_FLAT", 0, 8)
+    check_backend(str(tmp_path / "codes.db"))  # a .db is checked, not opened
+    assert not (tmp_path / "codes.db").exists()
