@@ -358,25 +358,37 @@ def test_remove_by_id_and_path_and_the_errors(synced):
 
 @pytest.mark.slow
 def test_kill_minus_nine_during_sync_then_sync_completes(synced):
+    """kill -9 at each dangerous point of a sync (a filled segment not renamed, a segment not
+    committed, the first of its two commits done) and at random moments: the collection
+    opens, serves and is consistent every time, and the next sync completes the work."""
+    from contrahash.collection import CRASH_POINTS
+
     out, root = synced
     files = sorted(p for p in root.rglob("*.jpg") if p.stat().st_size > 1000)
     for p in files[:4]:
         p.unlink()
     for p in files[4:10]:
         Image.fromarray(255 - np.asarray(Image.open(p).convert("RGB"))).save(p, "JPEG")
-    for k in range(6):  # fresh photos each round, so that every round has work to cut
+    for k in range(6):
         img = np.asarray(Image.open(files[20 + k]).convert("RGB"))[::-1]
         Image.fromarray(np.ascontiguousarray(img)).save(root / f"new-{k}.jpg", "JPEG")
     env = {**os.environ, "PYTHONPATH": str(SRC), "CONTRAHASH_THREADS": "1"}
-    for delay in (0.8, 1.6, 2.4, 3.2):
-        proc = subprocess.Popen([sys.executable, "-m", "contrahash.cli", "index", "sync",
-                                 str(out), "--no-progress"], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            proc.wait(timeout=delay)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
+    cuts = [("crash", point) for point in CRASH_POINTS if point != "milvus-applied"]
+    cuts += [("after", delay) for delay in (2.5, 3.5)]
+    for how, when in cuts:
+        cmd = [sys.executable, "-m", "contrahash.cli", "index", "sync", str(out), "--no-progress"]
+        if how == "crash":
+            res = subprocess.run(cmd, env={**env, "CONTRAHASH_CRASH_AT": str(when)},
+                                 capture_output=True, timeout=240)
+            assert res.returncode == -signal.SIGKILL, (when, res.stderr[-500:])
+        else:
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)
+            try:
+                proc.wait(timeout=when)
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
         with open_collection(out) as coll:  # opens, consistent, serves
             assert len(coll) == read_manifest(out)["count"]
             some = int(coll.live_ids()[0])
@@ -384,6 +396,7 @@ def test_kill_minus_nine_during_sync_then_sync_completes(synced):
     _sync(out)
     again = _sync(out)
     assert again["encoded"] == 0 and again["added"] == again["removed"] == again["changed"] == 0
+    assert not [p for p in (out / "segments").iterdir() if p.name.startswith(".tmp-")]
     with open_collection(out) as coll:
         paths = {coll.item(i).path for i in coll.live_ids()}
         assert not any(str(p) in paths for p in files[:4])

@@ -396,12 +396,30 @@ def _commit(directory: Path, manifest: dict[str, Any], model: Any, dataset: Any,
 
     if len(rows):
         _stage_dir(directory / "segments" / name, write)
+        crash_point("segment-renamed")
     if backend["kind"] == "milvus":  # deletes first: a re-run after a crash is idempotent
         _milvus_apply(backend, manifest["bits"], codes, ids,
                       [int(i) for i in plan.removed])
+        crash_point("milvus-applied")
     write_json(directory / MANIFEST, manifest)  # the commit point
+    crash_point("manifest-written")
     ctx.barrier()
     return manifest, change
+
+
+#: where ``CONTRAHASH_CRASH_AT`` may kill the process (the reliability drills' fault points)
+CRASH_POINTS = ("segment-filled", "segment-renamed", "milvus-applied", "manifest-written")
+
+
+def crash_point(name: str) -> None:
+    """``kill -9`` of this process at a named point of a commit when ``CONTRAHASH_CRASH_AT``
+    names it — the drills of ``tests/test_photo_library.py`` cut a sync exactly where a
+    crash hurts most (a filled segment not yet renamed, a segment not yet committed, one
+    commit of a two-commit sync done). Nothing happens otherwise."""
+    if os.environ.get("CONTRAHASH_CRASH_AT") == name:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _next_segment_name(segments: list[dict[str, Any]]) -> str:
@@ -641,6 +659,7 @@ def _stage_dir(final: Path, fill: Any) -> None:
     tmp.mkdir(parents=True)
     try:
         fill(tmp)
+        crash_point("segment-filled")
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
