@@ -47,7 +47,7 @@ def train_command(
     if config is not None and "=" in str(config) and not config.exists():
         args.insert(0, str(config))
         config = None
-    display = progress_display(progress)
+    display = _with_epoch_estimate(progress_display(progress))
     if resume is not None:
         if config is not None:
             fail("--resume continues a run with its own config.yaml; give no config file with "
@@ -67,6 +67,31 @@ def train_command(
     if not context().is_main or not result.results:
         return
     print_results(result.results, title=f"{result.results.get('method')} — {result.run_dir}")
+
+
+def _with_epoch_estimate(display):
+    """Say, once the first training epoch is done, how long all epochs will take — so that a
+    run of many hours (an end-to-end fine-tuning on a CPU) is known at once, not discovered."""
+    from contrahash.library.estimate import format_seconds
+
+    told = []
+
+    def callback(event) -> None:
+        if display is not None:
+            display(event)
+        if event.phase == "training" and event.finished and not told:
+            told.append(True)
+            epochs = int(event.info.get("epochs") or 0)
+            epoch = int(event.info.get("epoch") or 1)
+            if epochs > epoch:
+                left = event.seconds * (epochs - epoch)
+                hint = (" (backbone.finetune_blocks=0 or cache.mode=blocks train far faster on "
+                        "a CPU)" if left > 1800 else "")
+                console.print(f"epoch {epoch} took {format_seconds(event.seconds)}: the "
+                              f"{epochs - epoch} left will take about {format_seconds(left)}"
+                              f"{hint}", highlight=False)
+
+    return callback
 
 
 def print_results(results: dict, title: str = "results") -> None:
