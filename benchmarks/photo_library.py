@@ -7,8 +7,9 @@ retrieval; a sync after deletions and edits, checked through a running server.
    synthetic`. Writing it is not part of the timed build.
 2. Runs ``contrahash index build --data FOLDER --out DIR`` in a subprocess (empty caches: the
    run's cache lives inside DIR) and times it; reads the first printed estimate.
-3. Queries the collection with every rotated photo's file and as many upright ones, precision
-   @10 by the hidden CIFAR class (the query's own item left out).
+3. Queries the collection with every rotated photo's file, with the same photos turned
+   upright and saved without the tag (paired), and with as many other upright photos
+   (unpaired): precision@10 by the hidden CIFAR class (the query's own item left out).
 4. Starts ``contrahash serve DIR``, then deletes ``--delete`` photos, edits ``--edit`` (brightness,
    re-saved), touches ``--touch`` (same bytes, new mtime), runs ``contrahash index sync DIR
    --json``, asks the server to reload, and sends ``--searches`` searches (half by id, half by
@@ -16,7 +17,8 @@ retrieval; a sync after deletions and edits, checked through a running server.
 
 Ends with one line::
 
-    photos=… build_s=… first_estimate_s=… estimate_error=… p10_rotated=… p10_upright=…
+    photos=… build_s=… train_s=… self_retrieval_64=… first_estimate_s=… estimate_error=…
+    p10_rotated=… p10_rotated_turned_upright=… p10_upright=…
     sync_added=… sync_removed=… sync_changed=… sync_unchanged=… sync_encoded=… sync_s=…
     deleted_returned=… deleted_ids_404=…
 
@@ -65,29 +67,41 @@ def _seconds(text: str) -> float:
 
 
 def precision_at_10(index_dir: Path, photos: list, n_upright: int | None = None,
-                    seed: int = 0) -> tuple[float, float]:
-    """Mean precision@10 by hidden class of rotated photos' queries and upright ones'."""
+                    seed: int = 0) -> tuple[float, float, float]:
+    """Mean precision@10 by hidden class of: the rotated photos' files (stored sideways with
+    EXIF Orientation 6), the same photos turned upright and saved without the tag (a paired
+    comparison), and as many other upright photos (the unpaired one)."""
+    import io
+
     from contrahash.collection import open_collection
+    from contrahash.data.images import decode_upright
 
     rng = random.Random(seed)
     rotated = [p for p in photos if p.rotated]
     upright = [p for p in photos if p.kind == "jpeg"]
     upright = rng.sample(upright, min(len(upright), n_upright or len(rotated)))
     label = {str(p.path): p.label for p in photos}
+
+    def turned(photo) -> bytes:
+        buf = io.BytesIO()
+        decode_upright(photo.path.read_bytes())[0].save(buf, "JPEG", quality=90)
+        return buf.getvalue()
+
     out = []
     with open_collection(index_dir) as coll:
         bits = coll.default_bits
         id_of = {coll.item(i).path: int(i) for i in coll.live_ids()}
         class_of = {i: label.get(p) for p, i in id_of.items()}
-        for group in (rotated, upright):
+        for group, data in ((rotated, lambda p: p.path.read_bytes()), (rotated, turned),
+                            (upright, lambda p: p.path.read_bytes())):
             scores = []
             for photo in group:
-                code = coll.encode([coll.decode_image(photo.path.read_bytes())])[bits]
+                code = coll.encode([coll.decode_image(data(photo))])[bits]
                 hits = [h for h in coll.search_codes(code, 11, bits)[0]
                         if h.id != id_of[str(photo.path)]][:10]
                 scores.append(np.mean([class_of[h.id] == photo.label for h in hits]))
             out.append(float(np.mean(scores)))
-    return out[0], out[1]
+    return out[0], out[1], out[2]
 
 
 def _free_port() -> int:
@@ -201,11 +215,15 @@ def main() -> None:
         sys.exit(f"index build failed ({res.returncode})")
     first = re.search(r"estimated total time ([^(]+)\(", res.stdout)
     first_s = _seconds(first.group(1)) if first else float("nan")
-    p10_rot, p10_up = precision_at_10(out, photos)
+    p10_rot, p10_turned, p10_up = precision_at_10(out, photos)
+    training = json.loads((out / "training" / "results.json").read_text())
+    self64 = training["bits"].get("64", {}).get("self_retrieval_at_10", float("nan"))
     result = {"photos": len(photos), "build_s": round(build_s, 1),
+              "train_s": training.get("train_seconds"), "self_retrieval_64": round(self64, 4),
               "first_estimate_s": round(first_s, 1),
               "estimate_error": round((first_s - build_s) / build_s, 3),
-              "p10_rotated": round(p10_rot, 4), "p10_upright": round(p10_up, 4)}
+              "p10_rotated": round(p10_rot, 4), "p10_rotated_turned_upright": round(p10_turned, 4),
+              "p10_upright": round(p10_up, 4)}
     print(" ".join(f"{k}={v}" for k, v in result.items()), file=sys.stderr)
     if not args.no_sync:
         result.update(sync_through_server(out, root, photos, delete=args.delete,
