@@ -6,8 +6,11 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import signal
 import socket
+import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -181,10 +184,31 @@ def test_cli_on_the_server_like_faiss_and_an_unreachable_server(milvus_server, t
                              "--json"))["results"]
         assert [r["distance"] for r in got] == [r["distance"] for r in want]
         assert got[0]["id"] == item and got[0]["distance"] == 0
+    # kill -9 of `index add` after its Milvus insert, before its manifest commit
+    script = textwrap.dedent(f"""
+        import os, signal
+        from contrahash import collection
+        real = collection.write_json
+        def commit_then_die(path, data):
+            if str(path).endswith("manifest.json"):
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real(path, data)
+        collection.write_json = commit_then_die
+        collection.add_to_collection({str(root / "srv")!r}, {str(tiny_run["more"])!r})
+    """)
+    killed = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=240)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-2000:]
+    assert json.loads((root / "srv" / "manifest.json").read_text())["count"] == 48
+    with MilvusIndex(milvus_server.uri, 16, "product_16", create=False,
+                     index_type="BIN_IVF_FLAT") as index:
+        assert len(index) == 60  # Milvus holds the uncommitted rows
     cli("index", "add", str(root / "srv"), "--data", str(tiny_run["more"]), "--no-progress")
     with MilvusIndex(milvus_server.uri, 16, "product_16", create=False,
                      index_type="BIN_IVF_FLAT") as index:
-        assert len(index) == 60
+        assert len(index) == 60  # the re-run replaced them: no id twice
+        _, ids = index.search(np.zeros((1, 16), dtype=bool), 100)
+        assert sorted(ids[0][ids[0] >= 0].tolist()) == list(range(60))
+    assert json.loads((root / "srv" / "manifest.json").read_text())["count"] == 60
     with open_collection(root / "srv") as coll:
         assert [h.distance for h in coll.search_ids([55], 1, 16)[0]] == [0]
     # an unreachable server: one line naming the URI, exit != 0, nothing written

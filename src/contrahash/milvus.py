@@ -64,6 +64,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 import uuid
 import warnings
 from pathlib import Path
@@ -93,6 +94,7 @@ RESULT_HITS = 1 << 20
 #: Ids per ``id in [...]`` expression (lookups and deletes).
 ID_CHUNK = 8192
 INDEX_TYPES = ("BIN_FLAT", "BIN_IVF_FLAT")
+CONSISTENCY_LEVELS = ("Session", "Strong", "Bounded", "Eventually")
 _PK, _VECTOR = "id", "code"
 _DESCRIPTION = "contrahash bits="
 _NETWORK_SCHEMES = ("http", "https", "tcp", "grpc")
@@ -257,7 +259,12 @@ class MilvusIndex:
     ``create=False``. ``index_type``: ``"BIN_FLAT"`` (exact, the default) or
     ``"BIN_IVF_FLAT"`` (a Milvus server only: Milvus Lite has only ``BIN_FLAT``) with
     ``nlist`` clusters, of which a search visits ``nprobe``. ``connect_timeout``: seconds to
-    wait for a network server before giving up.
+    wait for a network server before giving up. ``consistency`` of searches and counts:
+    ``"Session"`` (default) sees every write of this process at once and other processes'
+    writes within about one server time tick (200 ms by default); ``"Strong"`` sees every
+    write that returned, in any process, but each request then waits for the server's next
+    time tick (that latency, per request). The id checks of :meth:`add` and :meth:`remove`
+    are always Strong.
 
     Results rank by ``(distance, id)``; see the module docstring for how ties at the ``k``-th
     distance are resolved to match faiss' ``IndexBinaryFlat``. Close the index (or use it as
@@ -275,6 +282,7 @@ class MilvusIndex:
         nprobe: int = 32,
         create: bool = True,
         connect_timeout: float = 5.0,
+        consistency: str = "Session",
     ) -> None:
         self.bits = _check_bits(bits)
         self.code_bytes = (self.bits + 7) // 8
@@ -283,6 +291,11 @@ class MilvusIndex:
         self.index_type = index_type
         self.nlist = int(nlist)
         self.nprobe = int(nprobe)
+        if consistency not in CONSISTENCY_LEVELS:
+            raise MilvusError(f"consistency must be one of {', '.join(CONSISTENCY_LEVELS)}; "
+                              f"got {consistency!r}")
+        self.consistency = consistency
+        self._strong_reads_until = 0.0  # after a delete: see _level
         if not isinstance(collection, str) or not _NAME_RE.match(collection):
             raise MilvusError(
                 f"collection name {collection!r} is not valid for Milvus (a letter or _ "
@@ -494,11 +507,17 @@ class MilvusIndex:
         coll = self._collection()
         try:
             rows = self._reloading(lambda: coll.query("", output_fields=["count(*)"],
-                                                      consistency_level="Strong"))
+                                                      consistency_level=self._level()))
         except self._pm.MilvusException as exc:
             raise MilvusError(f"{self._where()}: cannot count the items: "
                               f"{exc.message}") from None
         return int(rows[0]["count(*)"])
+
+    def _level(self) -> str:
+        """The consistency of the next read. Milvus 2.3 returns no timestamp for a delete, so
+        a Session read cannot wait for it: reads are Strong for a second after this index
+        deleted something (a delete is visible to every read within about one time tick)."""
+        return "Strong" if time.monotonic() < self._strong_reads_until else self.consistency
 
     def _reloading(self, call: Any) -> Any:
         """``call()``, once more after loading the collection again when the server says it is
@@ -592,11 +611,13 @@ class MilvusIndex:
         present = self._ids_present(wanted)
         for s in range(0, len(present), ID_CHUNK):
             chunk = present[s : s + ID_CHUNK]
+            self._strong_reads_until = time.monotonic() + 1.0
             try:
                 coll.delete(f"{_PK} in {chunk.tolist()}")
             except self._pm.MilvusException as exc:
                 raise MilvusError(f"{self._where()}: delete of {len(chunk)} ids failed: "
                                   f"{exc.message}") from None
+        self._strong_reads_until = time.monotonic() + 1.0
         return len(present)
 
     def _ids_present(self, ids: np.ndarray, limit: int | None = None) -> np.ndarray:
@@ -654,7 +675,7 @@ class MilvusIndex:
     def _search_public(self, data: list[bytes], limit: int, param: dict[str, Any],
                        expr: str | None) -> list[tuple[np.ndarray, np.ndarray]]:
         result = self._collection().search(data, _VECTOR, param, limit=limit, expr=expr,
-                                           consistency_level="Strong")
+                                           consistency_level=self._level())
         return [(np.rint(np.asarray(h.distances, dtype=np.float64)).astype(np.int64),
                  np.asarray(h.ids, dtype=np.int64)) for h in result]
 
@@ -676,7 +697,8 @@ class MilvusIndex:
             self._fast_search = False
             return None
         request = Prepare.search_requests_with_expr(
-            self.collection, data, _VECTOR, param, limit, expr, consistency_level="Strong")
+            self.collection, data, _VECTOR, param, limit, expr,
+            consistency_level=self._level())
         response = stub.Search(request)
         check_status(response.status)
         res = response.results
