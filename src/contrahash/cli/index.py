@@ -428,7 +428,7 @@ def _search_and_show(collection: Any, image: Path | None, item_id: int | None, k
     for rank, hit in enumerate(hits, 1):
         item = collection.item(hit.id)
         results.append({"rank": rank, "id": hit.id, "distance": hit.distance, "name": item.name,
-                        "path": item.path, "labels": item.labels})
+                        "path": item.path, "album": item.album, "labels": item.labels})
     if as_json:
         typer.echo(json.dumps({"query": query, "k": k, "bits": k_bits, "ms": round(ms, 2),
                                "results": results}))
@@ -436,11 +436,13 @@ def _search_and_show(collection: Any, image: Path | None, item_id: int | None, k
     title = f"top {len(results)} of {len(collection):,} ({k_bits} bits) for " + (
         f"{image}" if image is not None else f"item {item_id}") + f" — {ms:.1f} ms"
     table = Table(title=title)
+    labelled = any(r["labels"] for r in results)
     for name, justify in (("rank", "right"), ("id", "right"), ("distance", "right"),
-                          ("label", "left"), ("path", "left")):
+                          ("label" if labelled else "album", "left"), ("path", "left")):
         table.add_column(name, justify=justify)
     for r in results:
-        table.add_row(str(r["rank"]), str(r["id"]), str(r["distance"]), ", ".join(r["labels"]),
+        table.add_row(str(r["rank"]), str(r["id"]), str(r["distance"]),
+                      ", ".join(r["labels"]) if labelled else (r["album"] or ""),
                       r["path"] or r["name"])
     console.print(table)
 
