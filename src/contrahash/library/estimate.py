@@ -58,7 +58,7 @@ class Work:
     scan_items: int
     reload_seconds: float = 0.0
     prior: dict[str, float] = field(default_factory=lambda: {
-        "forwards": 150.0, "train": 2000.0, "scan": 150.0})
+        "forwards": 150.0, "train": 1100.0, "scan": 150.0})
 
 
 class TimeEstimate:
