@@ -195,15 +195,22 @@ def main() -> None:
     parser.add_argument("--searches", type=int, default=300)
     parser.add_argument("--no-sync", action="store_true", help="stop after the quality check")
     parser.add_argument("--build-args", default="", help="extra arguments for index build")
+    parser.add_argument("--reuse-folder", action="store_true",
+                        help="keep WORK/Pictures when it exists (same --photos/--size/seed)")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO / "src"))
     from contrahash.library.synthetic import make_photo_folder
 
     w, h = (int(v) for v in args.size.lower().split("x"))
-    shutil.rmtree(args.work, ignore_errors=True)
     root, out = args.work / "Pictures", args.work / "photos.index"
+    reuse = args.reuse_folder and root.is_dir()
+    if reuse:
+        shutil.rmtree(out, ignore_errors=True)
+    else:
+        shutil.rmtree(args.work, ignore_errors=True)
     t0 = time.perf_counter()
-    photos = make_photo_folder(_cifar(args.cifar), root, args.photos, size=(w, h))
+    photos = make_photo_folder(_cifar(args.cifar), root, args.photos, size=(w, h),
+                               write=not reuse)
     print(f"wrote {len(photos)} photos in {time.perf_counter() - t0:.1f} s "
           f"({sum(p.path.stat().st_size for p in photos) / 2**20:.0f} MiB)", file=sys.stderr)
     t0 = time.perf_counter()

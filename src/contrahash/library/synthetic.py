@@ -84,10 +84,11 @@ _SUFFIX = {"jpeg": ".jpg", "jpeg-top": ".jpg", "rotated": ".jpg", "png-alpha": "
 
 def make_photo_folder(cifar: str | os.PathLike, root: str | os.PathLike, n: int, *,
                       size: tuple[int, int] = (1600, 1200), seed: int = 0, quality: int = 90,
-                      junk: bool = True, offset: int = 0, workers: int | None = None
-                      ) -> list[Photo]:
+                      junk: bool = True, offset: int = 0, workers: int | None = None,
+                      write: bool = True) -> list[Photo]:
     """Write ``n`` photos (CIFAR-10 images ``offset`` onwards in a seeded random order) into
-    ``root`` as described in the module docstring; returns them in writing order."""
+    ``root`` as described in the module docstring; returns them in writing order
+    (``write=False``: only what the same call would write)."""
     from PIL import Image
 
     from contrahash.data.images import default_workers
@@ -103,6 +104,8 @@ def make_photo_folder(cifar: str | os.PathLike, root: str | os.PathLike, n: int,
         album = "" if kind == "jpeg-top" else _ALBUMS[j % (len(_ALBUMS) - 1)]
         name = f"IMG_{offset + j:05d}{_SUFFIX[kind]}"
         photos.append(Photo(root / album / name, int(idx), int(packed.labels[idx]), kind))
+    if not write:
+        return photos
 
     def one(photo: Photo) -> None:
         with Image.open(io.BytesIO(packed.file_bytes(photo.source_index))) as img:
