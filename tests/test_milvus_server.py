@@ -199,18 +199,29 @@ def test_cli_on_the_server_like_faiss_and_an_unreachable_server(milvus_server, t
     killed = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=240)
     assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-2000:]
     assert json.loads((root / "srv" / "manifest.json").read_text())["count"] == 48
-    with MilvusIndex(milvus_server.uri, 16, "product_16", create=False,
-                     index_type="BIN_IVF_FLAT") as index:
+    with MilvusIndex(milvus_server.uri, 16, "product_16", create=False,  # another process
+                     index_type="BIN_IVF_FLAT", consistency="Strong") as index:  # wrote them
         assert len(index) == 60  # Milvus holds the uncommitted rows
     cli("index", "add", str(root / "srv"), "--data", str(tiny_run["more"]), "--no-progress")
-    with MilvusIndex(milvus_server.uri, 16, "product_16", create=False,
-                     index_type="BIN_IVF_FLAT") as index:
+    with MilvusIndex(milvus_server.uri, 16, "product_16", create=False,  # another process
+                     index_type="BIN_IVF_FLAT", consistency="Strong") as index:  # wrote them
         assert len(index) == 60  # the re-run replaced them: no id twice
         _, ids = index.search(np.zeros((1, 16), dtype=bool), 100)
         assert sorted(ids[0][ids[0] >= 0].tolist()) == list(range(60))
     assert json.loads((root / "srv" / "manifest.json").read_text())["count"] == 60
     with open_collection(root / "srv") as coll:
         assert [h.distance for h in coll.search_ids([55], 1, 16)[0]] == [0]
+    # index remove: the same on both backends, and gone from the Milvus collection
+    cli("index", "add", str(root / "faiss"), "--data", str(tiny_run["more"]), "--no-progress")
+    for name in ("faiss", "srv"):
+        cli("index", "remove", str(root / name), "--id", "5", "--id", "17")
+    want = json.loads(cli("search", str(root / "faiss"), "--id", "0", "-k", "58", "--json"))
+    got = json.loads(cli("search", str(root / "srv"), "--id", "0", "-k", "58", "--json"))
+    assert [r["distance"] for r in got["results"]] == [r["distance"] for r in want["results"]]
+    assert not {5, 17} & {r["id"] for r in got["results"]}
+    with MilvusIndex(milvus_server.uri, 16, "product_16", create=False,  # another process
+                     index_type="BIN_IVF_FLAT", consistency="Strong") as index:  # wrote them
+        assert len(index) == 58
     # an unreachable server: one line naming the URI, exit != 0, nothing written
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -106,6 +106,8 @@ _INSTALL_HINT = "pip install 'contrahash[milvus]'"
 # Embedded servers this process started, by resolved .db path: how many open indexes use each.
 _lite_users: dict[str, int] = {}
 _lite_lock = threading.Lock()
+# (uri, collection) -> time.monotonic() until which reads are Strong (after a delete here).
+_recent_deletes: dict[tuple[str, str], float] = {}
 
 
 class MilvusError(ValueError):
@@ -295,7 +297,6 @@ class MilvusIndex:
             raise MilvusError(f"consistency must be one of {', '.join(CONSISTENCY_LEVELS)}; "
                               f"got {consistency!r}")
         self.consistency = consistency
-        self._strong_reads_until = 0.0  # after a delete: see _level
         if not isinstance(collection, str) or not _NAME_RE.match(collection):
             raise MilvusError(
                 f"collection name {collection!r} is not valid for Milvus (a letter or _ "
@@ -515,9 +516,15 @@ class MilvusIndex:
 
     def _level(self) -> str:
         """The consistency of the next read. Milvus 2.3 returns no timestamp for a delete, so
-        a Session read cannot wait for it: reads are Strong for a second after this index
-        deleted something (a delete is visible to every read within about one time tick)."""
-        return "Strong" if time.monotonic() < self._strong_reads_until else self.consistency
+        a Session read cannot wait for it: reads of a collection are Strong for a second after
+        this process deleted from it (a delete is visible to every read within about one time
+        tick)."""
+        if time.monotonic() < _recent_deletes.get((self.uri, self.collection), 0.0):
+            return "Strong"
+        return self.consistency
+
+    def _deleted_now(self) -> None:
+        _recent_deletes[(self.uri, self.collection)] = time.monotonic() + 1.0
 
     def _reloading(self, call: Any) -> Any:
         """``call()``, once more after loading the collection again when the server says it is
@@ -611,13 +618,13 @@ class MilvusIndex:
         present = self._ids_present(wanted)
         for s in range(0, len(present), ID_CHUNK):
             chunk = present[s : s + ID_CHUNK]
-            self._strong_reads_until = time.monotonic() + 1.0
+            self._deleted_now()
             try:
                 coll.delete(f"{_PK} in {chunk.tolist()}")
             except self._pm.MilvusException as exc:
                 raise MilvusError(f"{self._where()}: delete of {len(chunk)} ids failed: "
                                   f"{exc.message}") from None
-        self._strong_reads_until = time.monotonic() + 1.0
+        self._deleted_now()
         return len(present)
 
     def _ids_present(self, ids: np.ndarray, limit: int | None = None) -> np.ndarray:
