@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -129,7 +130,8 @@ def test_unreachable_server_names_the_uri_fast():
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A folder of 48 structured pictures, 12 more, and an ITQ run on a small random CNN."""
+    """A folder of 48 structured pictures, 12 and 3 more, and an ITQ run on a small random
+    CNN."""
     from PIL import Image
 
     from contrahash.config import resolve_config
@@ -137,7 +139,8 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("milvus-product")
     y, x = np.mgrid[:32, :32] / 32
-    for folder, seeds in (("pics", range(48)), ("more", range(100, 112))):
+    for folder, seeds in (("pics", range(48)), ("more", range(100, 112)),
+                          ("extra", range(200, 203))):
         (root / folder).mkdir()
         for seed in seeds:
             f = np.random.default_rng(seed).uniform(1, 6, (3, 3))
@@ -150,7 +153,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "backbone.random_init=true", "backbone.image_size=32", "bits=[16]",
         f"cache.dir={root / 'cache'}", f"data.cache_dir={root / 'decoded'}"])
     return {"root": root, "run": train_run(cfg, root / "run").run_dir, "pics": root / "pics",
-            "more": root / "more"}
+            "more": root / "more", "extra": root / "extra"}
 
 
 def test_cli_on_the_server_like_faiss_and_an_unreachable_server(milvus_server, tiny_run):
@@ -233,6 +236,17 @@ def test_cli_on_the_server_like_faiss_and_an_unreachable_server(milvus_server, t
     lines = [line for line in res.output.splitlines() if line.strip()]
     assert len(lines) == 1 and dead in lines[0] and "cannot reach" in lines[0], res.output
     assert not (root / "dead").exists()
+    # the same for index add on a collection whose server went away: nothing written
+    shutil.copytree(root / "srv", root / "gone")
+    manifest = json.loads((root / "gone" / "manifest.json").read_text())
+    manifest["backend"]["uri"] = dead
+    (root / "gone" / "manifest.json").write_text(json.dumps(manifest))
+    before = sorted(str(p.relative_to(root)) for p in (root / "gone").rglob("*"))
+    res = runner.invoke(app, ["index", "add", str(root / "gone"), "--data",
+                              str(tiny_run["extra"]), "--no-progress"])
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert res.exit_code != 0 and len(lines) == 1 and dead in lines[0], res.output
+    assert sorted(str(p.relative_to(root)) for p in (root / "gone").rglob("*")) == before
 
 
 def test_a_restart_between_two_searches_gives_the_same_results(milvus_server):
@@ -273,7 +287,12 @@ def test_credentials_reach_pymilvus_from_the_environment(monkeypatch: pytest.Mon
     def connect(alias: str, **kwargs: object) -> None:
         seen.append(kwargs)
 
+    class Reachable:
+        def close(self) -> None:
+            pass
+
     monkeypatch.setattr(pymilvus.connections, "connect", connect)
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: Reachable())
     monkeypatch.setenv("CONTRAHASH_MILVUS_TOKEN", "reader:secret")
     monkeypatch.setenv("CONTRAHASH_MILVUS_DB", "photos")
     check_backend("https://milvus.example:19530", "BIN_IVF_FLAT", 64, 8)

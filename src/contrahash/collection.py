@@ -259,7 +259,7 @@ def add_to_collection(directory: str | os.PathLike, data: str, *,
     from contrahash.locks import DirectoryLock
 
     directory = Path(directory)
-    manifest = read_manifest(directory)
+    manifest = _reachable(read_manifest(directory))
     ctx = _join(device)
     lock = DirectoryLock(directory, what="index", command=command) if ctx.is_main else (
         nullcontext())
@@ -484,7 +484,7 @@ def sync_collection(directory: str | os.PathLike, *, device: str | None = None,
     from contrahash.locks import DirectoryLock
 
     directory = Path(directory)
-    read_manifest(directory)
+    _reachable(read_manifest(directory))
     ctx = _join(device)
     progress = as_progress(progress)
     lock = DirectoryLock(directory, what="index", command=command) if ctx.is_main else (
@@ -613,7 +613,7 @@ def remove_from_collection(directory: str | os.PathLike, *, ids: Sequence[int] =
     from contrahash.locks import DirectoryLock
 
     directory = Path(directory)
-    read_manifest(directory)
+    _reachable(read_manifest(directory))
     if not ids and not paths:
         raise CollectionError("give the items to remove: --id N or --path FILE")
     with DirectoryLock(directory, what="index", command=command):
@@ -704,6 +704,15 @@ def _check_backend(backend: dict[str, Any] | None) -> dict[str, Any]:
         backend.update(index=options["index_type"], nlist=options["nlist"],
                        nprobe=options["nprobe"])
     return backend
+
+
+def _reachable(manifest: dict[str, Any]) -> dict[str, Any]:
+    """``manifest``, after checking that its Milvus server answers (before any write)."""
+    if manifest["backend"]["kind"] == "milvus":
+        from contrahash.milvus import check_backend, index_options
+
+        check_backend(manifest["backend"]["uri"], **index_options(manifest["backend"]))
+    return manifest
 
 
 def _milvus_apply(backend: dict[str, Any], bits: list[int], codes: dict[int, np.ndarray],

@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import threading
 import time
 import uuid
@@ -239,6 +240,14 @@ def check_backend(uri: str, index_type: str = "BIN_FLAT", nlist: int = 1024,
             raise MilvusError(f"Milvus Lite ({uri}) supports only the BIN_FLAT index, not "
                               f"{index_type}; use a Milvus server (http://host:port)")
         return
+    parsed = urlparse(str(uri))
+    try:  # a refused connection fails here at once; pymilvus would wait the whole timeout
+        socket.create_connection((parsed.hostname or "localhost", parsed.port or 19530),
+                                 timeout=connect_timeout).close()
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise MilvusError(f"cannot reach the Milvus server at {uri} ({reason}); is it "
+                          "running?") from None
     pm = _pymilvus()
     alias = f"contrahash-check-{uuid.uuid4().hex}"
     try:
