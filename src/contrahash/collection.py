@@ -777,6 +777,7 @@ class _Snapshot:
     thumb_data: list[np.ndarray]
     thumb_offsets: list[np.ndarray]
     perceptual: np.ndarray  # packed perceptual codes of ``ids``, in the same order
+    has_perceptual: np.ndarray  # which of ``ids`` have one (older segments may not)
 
 
 def _stamp(manifest: dict[str, Any]) -> str:
@@ -854,6 +855,9 @@ class Collection:
         percep = (np.concatenate([p if p.shape[1] == width else
                                   np.zeros((len(p), width), np.uint8) for p in perceptual])[newest]
                   if perceptual else np.zeros((0, 0), np.uint8))
+        has_code = (np.concatenate([np.full(len(p), p.shape[1] == width and width > 0)
+                                    for p in perceptual])[newest]
+                    if perceptual else np.zeros(0, bool))  # segments written before the codes
         indexes = dict(local)
         if manifest["backend"]["kind"] == "milvus":
             indexes = self._milvus_indexes(manifest)
@@ -861,7 +865,7 @@ class Collection:
             raise CollectionError(f"{self.directory}: the manifest counts {manifest['count']} "
                                   f"items, the segments hold {len(items)} live ones")
         return _Snapshot(manifest, _stamp(manifest), indexes, local, ids, items, where, data,
-                         offsets, percep)
+                         offsets, percep, has_code)
 
     def _milvus_indexes(self, manifest: dict[str, Any]) -> dict[int, Any]:
         """The Milvus collections of ``manifest``: the connections already open are kept (a
@@ -961,9 +965,11 @@ class Collection:
 
     def perceptual_codes(self) -> tuple[np.ndarray, np.ndarray]:
         """(live ids, their packed perceptual codes ``uint8 [n, bytes]``) for near-duplicate
-        search."""
+        search — the items that have one (segments written before perceptual codes existed
+        have none and are left out, never matched as all-zero codes)."""
         snap = self._snapshot
-        return snap.ids.copy(), snap.perceptual
+        keep = snap.has_perceptual
+        return snap.ids[keep], snap.perceptual[keep]
 
     def random_id(self) -> int:
         ids = self._snapshot.ids
