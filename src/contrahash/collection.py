@@ -684,9 +684,16 @@ def _copy_model(run_dir: Path, target: Path) -> None:
 
 
 def _load_model(directory: Path, device: str | None) -> Any:
+    """The collection's model; once it has a manifest, on the engine that encoded it (a query
+    or an added photo is encoded like the items already there)."""
     from contrahash.model import load_trained
 
-    return load_trained(directory / "model", device)
+    cfg, model = load_trained(directory / "model", device)
+    if (directory / MANIFEST).is_file() and model.engine is None:
+        recorded = (read_manifest(directory)["run"].get("engine") or {}).get("name")
+        if recorded:
+            model.engine = recorded
+    return cfg, model
 
 
 def _check_backend(backend: dict[str, Any] | None) -> dict[str, Any]:

@@ -393,7 +393,8 @@ class Trainer:
         env.update(dataset=self.dataset.name, dataset_fingerprint=self.dataset.fingerprint,
                    images=len(self.dataset.images), skipped_files=self.dataset.n_skipped,
                    skipped_examples=[list(s) for s in self.dataset.skipped[:20]],
-                   split_hashes=self.run.split_hashes(), world_size=self.ctx.world_size)
+                   split_hashes=self.run.split_hashes(), world_size=self.ctx.world_size,
+                   engine=self.model.engine_info())
         if self.resume:
             self._check_world_size()
         self.run.write_environment(env, resumed=self.resume)
