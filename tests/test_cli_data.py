@@ -48,7 +48,7 @@ def test_info_digits(app):
 
 
 def test_info_folder_shows_groups_and_skipped(app, tmp_path):
-    result, text = _run(app, ["data", "info", str(_folder(tmp_path))])
+    result, text = _run(app, ["data", "info", str(_folder(tmp_path)), "--labels", "folders"])
     assert result.exit_code == 0, result.output
     assert "skipped files: 1" in text and "broken.png" in text
     assert "│ ant │ 8 │ 2 │ 6 │" in text and "│ images │ 16 │ 4 │ 12 │" in text

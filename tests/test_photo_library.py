@@ -421,3 +421,25 @@ def test_heic_photos_with_the_extra(tmp_path):
     assert len(ds) == 1 and ds.albums == ["2024"]
     out = np.asarray(ds.images[0]).astype(int)
     assert np.abs(out - rgb).mean() < 8  # lossy HEVC, the same picture
+
+
+def test_the_estimate_is_said_once_the_backbone_speed_is_known_and_follows_the_work():
+    from contrahash.library.estimate import TimeEstimate, Work
+    from contrahash.progress import ProgressEvent
+
+    said: list[str] = []
+    est = TimeEstimate(Work(forwards=1000, train_images=20_000, scan_items=100), said.append)
+    est(ProgressEvent("features of the evaluated images", 0, 1000, "img", 0.0))
+    est(ProgressEvent("features of the evaluated images", 100, 1000, "img", 1.0))
+    assert not said  # 100 images in 1 s: too early to trust
+    est(ProgressEvent("features of the evaluated images", 400, 1000, "img", 4.0))
+    assert len(said) == 1 and said[0].startswith("estimated total time")
+    assert est.rate["forwards"] == pytest.approx(100.0)
+    # 600 forwards left at 100/s, 20,000 training images at the prior scaled by 100/150,
+    # 100 scanned items likewise
+    expected = 6.0 + 20_000 / (1100 * 100 / 150) + 100 / (150 * 100 / 150)
+    assert est.remaining() == pytest.approx(expected)
+    for _epoch in range(2):  # training epochs: measured over all of them
+        est(ProgressEvent("training", 0, 10_000, "img", 0.0))
+        est(ProgressEvent("training", 10_000, 10_000, "img", 5.0, finished=True))
+    assert est.rate["train"] == pytest.approx(2000.0)

@@ -24,9 +24,15 @@ _SOURCE_HELP = (
 )
 
 
-def _load(source: str, image_root: str | None, cache_dir: str | None, download: bool):
+_LABELS_HELP = ("How an image folder's sub-folders are read: albums (a photo library, no "
+                "labels) or folders (class folders).")
+
+
+def _load(source: str, image_root: str | None, cache_dir: str | None, download: bool,
+          labels: str = "albums"):
     """Load a source (its warnings — skipped files — show as one line each on stderr)."""
-    return load_source(source, image_root=image_root, cache_dir=cache_dir, download=download)
+    return load_source(source, image_root=image_root, cache_dir=cache_dir, download=download,
+                       labels=labels)
 
 
 def info(
@@ -34,9 +40,10 @@ def info(
     image_root: str | None = typer.Option(None, help="Image folder for a list file's paths."),
     cache_dir: str | None = typer.Option(None, help="Cache folder (default $CONTRAHASH_CACHE)."),
     download: bool = typer.Option(False, help="Allow downloading CIFAR-10 when missing."),
+    labels: str = typer.Option("albums", "--labels", help=_LABELS_HELP),
 ) -> None:
     """Counts per class and per group (official split), image size and skipped files."""
-    ds = _load(source, image_root, cache_dir, download)
+    ds = _load(source, image_root, cache_dir, download, labels)
     console = Console()
     h, w = ds.image_size
     console.print(
@@ -88,9 +95,14 @@ def split(
     ),
     cache_dir: str | None = typer.Option(None, help="Cache folder (default $CONTRAHASH_CACHE)."),
     download: bool = typer.Option(False, help="Allow downloading CIFAR-10 when missing."),
+    labels: str | None = typer.Option(
+        None, "--labels", help=_LABELS_HELP + " Default: folders for a benchmark protocol, "
+        "albums for custom."),
 ) -> None:
     """Split a source by a protocol and write the index lists + split.json (with hashes)."""
-    ds = _load(source, image_root, cache_dir, download)
+    if labels is None:
+        labels = "albums" if protocol == "custom" else "folders"
+    ds = _load(source, image_root, cache_dir, download, labels)
     options = {"scale": scale}
     if val_size is not None:
         options["val_size"] = int(val_size) if val_size >= 1 else float(val_size)

@@ -101,6 +101,11 @@ class TimeEstimate:
             self._last[event.phase] = (0, 0.0) if event.finished else (event.done,
                                                                        event.seconds)
             self._measure(kind)
+            if (kind == "forwards" and event.finished and kind not in self.rate
+                    and self.done[kind] > 0 and self.busy[kind] > 0):
+                # a first backbone phase too short to pass the thresholds: its speed is the
+                # best there is (a small folder), and the estimate must still come first
+                self.rate[kind] = self.done[kind] / self.busy[kind]
         if self.first is None and "forwards" in self.rate:
             self._report(first=True)
         elif event.finished and self.first is not None and kind is not None and (
