@@ -35,9 +35,9 @@ def main() -> None:
     parser.add_argument("--build-args", default="", help="extra arguments for index build")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO / "src"))
-    cifar = next((Path(c) for c in (args.cifar, os.environ.get("CONTRAHASH_CIFAR10"),
-                                    REPO.parent / "shared" / "datasets" / "cifar10-jpeg.npz")
-                  if c and Path(c).is_file()), None)
+    from contrahash.library.synthetic import find_cifar10
+
+    cifar = find_cifar10(args.cifar)
     if cifar is None:
         sys.exit("error: give --cifar PATH (the packed CIFAR-10 JPEG copy)")
     out = args.work / "cifar10.index"

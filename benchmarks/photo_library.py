@@ -45,11 +45,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _cifar(arg: str | None) -> Path:
-    for candidate in (arg, os.environ.get("CONTRAHASH_CIFAR10"),
-                      REPO.parent / "shared" / "datasets" / "cifar10-jpeg.npz"):
-        if candidate and Path(candidate).is_file():
-            return Path(candidate)
-    sys.exit("error: give --cifar PATH (the packed CIFAR-10 JPEG copy)")
+    from contrahash.library.synthetic import find_cifar10
+
+    return find_cifar10(arg) or sys.exit("error: give --cifar PATH (the packed CIFAR-10 copy)")
 
 
 def _cli(*args: str, timeout: float = 7200) -> subprocess.CompletedProcess:

@@ -134,11 +134,9 @@ def test_perceptual_code_shape_and_stability():
 
 
 def _cifar() -> Path:
-    for candidate in (os.environ.get("CONTRAHASH_CIFAR10"),
-                      ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.npz"):
-        if candidate and Path(candidate).is_file():
-            return Path(candidate)
-    pytest.skip("the packed CIFAR-10 file is not here (CONTRAHASH_CIFAR10)")
+    from contrahash.library.synthetic import find_cifar10
+
+    return find_cifar10() or pytest.skip("the packed CIFAR-10 file is not here (CONTRAHASH_CIFAR10)")
 
 
 def _jpeg(img: Image.Image, quality: int) -> Image.Image:

@@ -34,11 +34,9 @@ TINY = ["backbone.name=tiny_cnn", "backbone.random_init=true", "backbone.image_s
 
 
 def _cifar() -> Path:
-    for candidate in (os.environ.get("CONTRAHASH_CIFAR10"),
-                      ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.npz"):
-        if candidate and Path(candidate).is_file():
-            return Path(candidate)
-    pytest.skip("the CIFAR-10 JPEG copy (shared/datasets/cifar10-jpeg.npz) is not here")
+    from contrahash.library.synthetic import find_cifar10
+
+    return find_cifar10() or pytest.skip("the CIFAR-10 JPEG copy (shared/datasets/cifar10-jpeg.npz) is not here")
 
 
 @pytest.fixture(scope="module")

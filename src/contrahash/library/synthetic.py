@@ -19,12 +19,24 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Photo", "make_photo_folder"]
+__all__ = ["Photo", "find_cifar10", "make_photo_folder"]
 
 #: how the photos of a folder are stored, in proportions of every 40 photos
 _KINDS = ["jpeg"] * 28 + ["rotated"] * 6 + ["png-alpha", "webp", "cmyk", "gray16", "gif",
                                             "jpeg-top"]
 _ALBUMS = ["2019", "2020", "2021", "2021/trip", ""]
+
+
+def find_cifar10(given: str | os.PathLike | None = None) -> Path | None:
+    """The packed CIFAR-10 JPEG copy: ``given``, else ``$CONTRAHASH_CIFAR10``, else the
+    ``shared/datasets/cifar10-jpeg.npz`` beside a source checkout; None when none is a file
+    (tests skip, benchmarks ask for a path)."""
+    checkout = Path(__file__).resolve().parents[3]
+    for candidate in (given, os.environ.get("CONTRAHASH_CIFAR10"),
+                      checkout.parent / "shared" / "datasets" / "cifar10-jpeg.npz"):
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    return None
 
 
 @dataclass(frozen=True)
