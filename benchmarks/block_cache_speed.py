@@ -3,14 +3,14 @@
     nice python benchmarks/block_cache_speed.py [--random-init] [--ns 2,4,6,8] [--data PATH]
 
 EfficientNet-Lite0 (ImageNet weights from the installed package unless --random-init) at
-224 px, channels-last, bf16 autocast where native (``contrahash.features.autocast_for``).
+224 px, channels-last, bf16 autocast where native (``contrahash.models.features.autocast_for``).
 For each N (blocks trained, of 18: stem, 16 MBConv, head):
 
 * prefix: images/s through ``block_input(x, N)`` in eval mode without autograd, the float16
   conversion included (what building the cache costs per view, augmentation excluded);
 * suffix train: images/s of CIBHash training from cached float16 activations, two views per
   image, batch 64 (both views in one ``forward_from`` call, as the trainer does), backward and
-  an Adam step over the head and the last N blocks (``contrahash.train.make_optimizer``);
+  an Adam step over the head and the last N blocks (``contrahash.training.train.make_optimizer``);
 * suffix eval: images/s of ``forward_from`` in eval mode without autograd (encoding the
   evaluated images from their cached block inputs);
 * cache: bytes per cached view (float16), and its precision on 16 images (``--data``: real
@@ -38,12 +38,12 @@ import numpy as np
 import torch
 from _timing import best_time
 
-from contrahash.augment import test_transform
-from contrahash.backbones import Backbone, build_backbone
-from contrahash.features import autocast_dtype, autocast_for, backbone_inputs
+from contrahash.data.augment import test_transform
 from contrahash.methods import OptimSpec, StepInfo, build_method
+from contrahash.models.backbones import Backbone, build_backbone
+from contrahash.models.features import autocast_dtype, autocast_for, backbone_inputs
 from contrahash.runtime import tune_cpu_allocator
-from contrahash.train import make_optimizer
+from contrahash.training.train import make_optimizer
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -68,7 +68,7 @@ def main() -> None:
     _, t_import = _time(lambda: __import__("torchvision.io"))
     from contrahash.data import load_source
     from contrahash.data.images import default_workers
-    from contrahash.protocols import make_split
+    from contrahash.data.protocols import make_split
 
     workers = args.workers or default_workers()
     print(

@@ -92,7 +92,7 @@ def distances(codes: np.ndarray) -> np.ndarray:
 
 def scores(codes: np.ndarray, dist: np.ndarray, truth: np.ndarray, radius: int
            ) -> dict[str, float]:
-    from contrahash.duplicates import duplicate_groups
+    from contrahash.retrieval.duplicates import duplicate_groups
 
     n = len(codes)
     iu = np.triu_indices(n, 1)
@@ -120,7 +120,7 @@ def main() -> None:
     if not args.data:
         parser.error("--data (or CONTRAHASH_CIFAR10) must name the packed CIFAR-10 JPEGs")
 
-    from contrahash.duplicates import DEFAULT_RADIUS, perceptual_code
+    from contrahash.retrieval.duplicates import DEFAULT_RADIUS, perceptual_code
 
     codes_by_name = {
         "phash64": phash64,

@@ -37,7 +37,7 @@ def real_codes(path: str, count: int, seed: int) -> np.ndarray:
     from PIL import Image
 
     from contrahash.data.packed import read_packed
-    from contrahash.duplicates import perceptual_code
+    from contrahash.retrieval.duplicates import perceptual_code
 
     packed = read_packed(path)
     picks = np.random.default_rng(seed).choice(len(packed), count, replace=False)
@@ -146,7 +146,7 @@ def main() -> None:
                         help="also time /api/duplicates on a stub collection of this size")
     args = parser.parse_args()
 
-    from contrahash.duplicates import DEFAULT_RADIUS, duplicate_groups
+    from contrahash.retrieval.duplicates import DEFAULT_RADIUS, duplicate_groups
 
     radius = DEFAULT_RADIUS if args.radius is None else args.radius
     if not args.data:

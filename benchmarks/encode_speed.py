@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from contrahash.config import resolve_config  # noqa: E402
-from contrahash.model import HashingModel, build_model  # noqa: E402
+from contrahash.models.model import HashingModel, build_model  # noqa: E402
 from contrahash.runtime import thread_settings, tune_cpu_allocator  # noqa: E402
 
 
@@ -53,17 +53,17 @@ def lite0_model(engine: str, amp: bool = True, bits: int = 64) -> HashingModel:
 def train_head(model: HashingModel, images: object, rows: np.ndarray, epochs: int) -> None:
     """Train the model's FDBH head on two views per image (flip; 87.5 % crop) of torch
     features."""
-    from contrahash.train import train_on_features
+    from contrahash.training.train import train_on_features
 
     size = model.image_size
 
     def flipped(x: torch.Tensor, **_: object) -> torch.Tensor:
-        from contrahash.augment import test_transform
+        from contrahash.data.augment import test_transform
 
         return test_transform(x, size).flip(-1)
 
     def cropped(x: torch.Tensor, **_: object) -> torch.Tensor:
-        from contrahash.augment import test_transform
+        from contrahash.data.augment import test_transform
 
         y = test_transform(x, size + size // 7)
         lo = (y.shape[-1] - size) // 2

@@ -1,4 +1,4 @@
-"""mAP@1000 speed: contrahash.metrics against the field's per-query evaluation loop.
+"""mAP@1000 speed: contrahash.evaluation.metrics against the field's per-query evaluation loop.
 
 Workload (the cifar10-1 shapes): 1,000 queries x 59,000 database items, 64-bit codes, 10
 classes, mAP@1000. Codes have class structure (each item is its class prototype with every bit
@@ -83,8 +83,8 @@ def main() -> None:
           f"{args.classes} classes, mAP@{args.topk}; {cpus} CPUs ({platform.processor() or '?'}), "
           f"numpy {np.__version__}")
 
-    from contrahash import hamming
-    from contrahash.metrics import mean_average_precision
+    from contrahash.evaluation.metrics import mean_average_precision
+    from contrahash.retrieval import hamming
 
     q_ids, r_ids = q_l.argmax(1), r_l.argmax(1)
     field_times, ours_times = [], []

@@ -6,7 +6,7 @@ Hamming distance as a float dot product ``0.5 * (k - q·B^T)``, NumPy's default 
 top K (a query with none contributes 0). Its tie order is whatever the sort kernel leaves,
 which at 16 bits — where thousands of database items share each distance — moves mAP.
 
-``contrahash.metrics`` breaks ties by database order (stable), and can also report the
+``contrahash.evaluation.metrics`` breaks ties by database order (stable), and can also report the
 best/worst case over all tie orders (relevant items first / last within each distance).
 This script prints the four numbers for the same codes and a final ``key=value`` line::
 
@@ -103,8 +103,8 @@ def load_codes(path: Path):
 
 # ----------------------------------------------------------------------------- ours
 def ours(query, database, query_labels, database_labels, topk):
-    """(stable mAP, best-case, worst-case) from contrahash.metrics."""
-    from contrahash.metrics import mean_average_precision
+    """(stable mAP, best-case, worst-case) from contrahash.evaluation.metrics."""
+    from contrahash.evaluation.metrics import mean_average_precision
 
     out = mean_average_precision(query, database, query_labels, database_labels, topk=topk,
                                  return_bounds=True)

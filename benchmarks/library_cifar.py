@@ -53,10 +53,10 @@ def main() -> None:
         build_s = time.perf_counter() - t0
         if res.returncode != 0:
             sys.exit(f"index build failed ({res.returncode})")
-    from contrahash.collection import open_collection
     from contrahash.data import load_source
-    from contrahash.metrics import retrieval_report
-    from contrahash.protocols import make_split
+    from contrahash.data.protocols import make_split
+    from contrahash.evaluation.metrics import retrieval_report
+    from contrahash.retrieval.collection import open_collection
 
     dataset = load_source(str(cifar))
     split = make_split("cifar10-1", dataset, seed=0)

@@ -14,7 +14,7 @@ Final line:
 ``milvus_distance_equal=<true|false> milvus_qps_k10=<q/s> faiss_qps_k10=<q/s>``.
 
 ``--server``: BIN_FLAT against BIN_IVF_FLAT on a real standalone Milvus server (started here
-with :class:`contrahash.milvus_server.LocalMilvusServer`, or ``--server-uri``), on real codes:
+with :class:`contrahash.retrieval.milvus_server.LocalMilvusServer`, or ``--server-uri``), on real codes:
 ``--run DIR`` (a finished run: ``codes/<bits>.npz``, its query and database codes). Two
 database sizes: the run's own database codes, and the same codes tiled to ``--tile`` codes
 (default 1,000,000): copy ``t >= 1`` of the database has every bit flipped independently with
@@ -75,7 +75,7 @@ def multiset_recall(d_approx: np.ndarray, d_exact: np.ndarray) -> float:
 
 
 def ivf_recall(args, db: np.ndarray, q: np.ndarray, exact: np.ndarray) -> None:
-    from contrahash.milvus import MilvusError, MilvusIndex
+    from contrahash.retrieval.milvus import MilvusError, MilvusIndex
 
     try:
         index = MilvusIndex(args.ivf_uri, args.bits, "contrahash_bench_ivf",
@@ -110,7 +110,7 @@ def server_cells(args, index_cls: Any, uri: str, name: str, db: np.ndarray, q: n
     """BIN_FLAT and every IVF cell on ``db``: rows of the table, and BIN_FLAT's q/s at k=10."""
     import faiss
 
-    from contrahash.index import pack_codes
+    from contrahash.retrieval.index import pack_codes
 
     packed, qp = pack_codes(db), pack_codes(q)
     flat = faiss.IndexBinaryFlat(8 * packed.shape[1])
@@ -161,8 +161,8 @@ def server_cells(args, index_cls: Any, uri: str, name: str, db: np.ndarray, q: n
 
 
 def server_main(args) -> None:
-    from contrahash.milvus import MilvusIndex
-    from contrahash.milvus_server import LocalMilvusServer
+    from contrahash.retrieval.milvus import MilvusIndex
+    from contrahash.retrieval.milvus_server import LocalMilvusServer
 
     codes = np.load(Path(args.run) / "codes" / f"{args.bits}.npz")
     db, q = codes["database"] > 0, codes["query"] > 0
@@ -234,8 +234,8 @@ def main() -> None:
 
     import faiss
 
-    from contrahash.index import pack_codes
-    from contrahash.milvus import MilvusError, MilvusIndex
+    from contrahash.retrieval.index import pack_codes
+    from contrahash.retrieval.milvus import MilvusError, MilvusIndex
 
     rng = np.random.default_rng(args.seed)
     db = pack_codes(rng.random((args.database, args.bits)) < 0.5)

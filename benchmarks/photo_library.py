@@ -71,8 +71,8 @@ def precision_at_10(index_dir: Path, photos: list, n_upright: int | None = None,
     comparison), and as many other upright photos (the unpaired one)."""
     import io
 
-    from contrahash.collection import open_collection
     from contrahash.data.images import decode_upright
+    from contrahash.retrieval.collection import open_collection
 
     rng = random.Random(seed)
     rotated = [p for p in photos if p.rotated]
@@ -130,7 +130,7 @@ def sync_through_server(index_dir: Path, root: Path, photos: list, *, delete: in
                     pass
                 time.sleep(0.2)
             ids_before = {}
-            from contrahash.collection import open_collection
+            from contrahash.retrieval.collection import open_collection
 
             with open_collection(index_dir) as coll:
                 ids_before = {coll.item(i).path: int(i) for i in coll.live_ids()}

@@ -28,7 +28,7 @@ from _timing import add_search_workload, best_time  # noqa: E402
 
 def other_backends(args, db: np.ndarray, queries: np.ndarray) -> None:
     """The numpy backend (k = 10) and, where CUDA is available, the torch backend."""
-    from contrahash.index import HammingIndex
+    from contrahash.retrieval.index import HammingIndex
 
     numpy_index = HammingIndex(args.bits, backend="numpy")
     numpy_index.add(db)
@@ -60,7 +60,7 @@ def main() -> None:
     except ImportError:  # e.g. a GPU box without faiss: only the numpy / torch numbers
         faiss = None
 
-    from contrahash.index import HammingIndex, pack_codes
+    from contrahash.retrieval.index import HammingIndex, pack_codes
 
     rng = np.random.default_rng(args.seed)
     db = np.where(rng.random((args.database, args.bits)) < 0.5, 1, -1).astype(np.int8)

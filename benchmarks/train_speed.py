@@ -23,18 +23,18 @@ apply_thread_policy()  # before torch loads: OpenMP's wait policy is read once, 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from contrahash.augment import test_transform, view_augmenters  # noqa: E402
-from contrahash.backbones import build_backbone  # noqa: E402
-from contrahash.features import (  # noqa: E402
+from contrahash.data.augment import test_transform, view_augmenters  # noqa: E402
+from contrahash.methods import OptimSpec, StepInfo, build_method  # noqa: E402
+from contrahash.models.backbones import build_backbone  # noqa: E402
+from contrahash.models.features import (  # noqa: E402
     autocast_dtype,
     autocast_for,
     backbone_inputs,
     default_eval_batch_size,
 )
-from contrahash.methods import OptimSpec, StepInfo, build_method  # noqa: E402
-from contrahash.providers import Epoch, make_image_forward  # noqa: E402
 from contrahash.runtime import tune_cpu_allocator  # noqa: E402
-from contrahash.train import make_optimizer, run_epoch, train_on_features  # noqa: E402
+from contrahash.training.providers import Epoch, make_image_forward  # noqa: E402
+from contrahash.training.train import make_optimizer, run_epoch, train_on_features  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:

@@ -43,14 +43,14 @@ def _glog_files_off_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[No
 
 @pytest.fixture(scope="session")
 def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    """A running :class:`contrahash.milvus_server.LocalMilvusServer` (``.uri``, ``.pid``)."""
+    """A running :class:`contrahash.retrieval.milvus_server.LocalMilvusServer` (``.uri``, ``.pid``)."""
     try:
         import milvus  # noqa: F401 - the server package (extra milvus-server)
         import pymilvus  # noqa: F401
     except ImportError as exc:
         _missing(f"a Milvus server test needs pip install 'contrahash[milvus,milvus-server]' "
                  f"({exc})")
-    from contrahash.milvus_server import LocalMilvusServer, MilvusServerError
+    from contrahash.retrieval.milvus_server import LocalMilvusServer, MilvusServerError
 
     base = tmp_path_factory.mktemp("milvus-server")
     # faster time ticks and load checks: a Strong read waits for the next tick (200 ms by

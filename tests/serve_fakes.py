@@ -103,7 +103,7 @@ class FakeCollection:
         ``j`` (byte-identical for even ``j``, brightened by 20 % for odd ``j``)."""
         from PIL import ImageEnhance
 
-        from contrahash.duplicates import perceptual_code
+        from contrahash.retrieval.duplicates import perceptual_code
 
         items = list(base.items) if base else []
         thumbs = list(base.thumbs) if base else []

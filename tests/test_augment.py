@@ -9,8 +9,8 @@ import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 from PIL import Image, ImageOps
 
-from contrahash import augment as A
-from contrahash.augment import (
+from contrahash.data import augment as A
+from contrahash.data.augment import (
     RECIPES,
     BatchAugment,
     apply_views,

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from contrahash.backbones import BACKBONES, Backbone, build_backbone
+from contrahash.models.backbones import BACKBONES, Backbone, build_backbone
 
 # Small inputs keep the CPU forwards fast.
 SIZE = {

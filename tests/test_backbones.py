@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from contrahash.backbones import (
+from contrahash.models.backbones import (
     BACKBONES,
     Backbone,
     WeightsNotFoundError,

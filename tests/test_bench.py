@@ -1,7 +1,7 @@
 """The benchmark grid: parsing, cells, resume logic, tables, CSV/JSON and plots.
 
 Bench logic is tested with a fake ``train_fn`` that writes a run directory the way
-:func:`contrahash.train.train_run` does; one slow test runs a tiny real grid on digits.
+:func:`contrahash.training.train.train_run` does; one slow test runs a tiny real grid on digits.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ SCORES = {"fdbh": (0.60, 0.70), "cibhash": (0.50, 0.65), "itq": (0.40, 0.45)}
 
 
 def fake_report(score: float, bits: int) -> dict:
-    """The shape of contrahash.metrics.retrieval_report + bit_statistics (values made up)."""
+    """The shape of contrahash.evaluation.metrics.retrieval_report + bit_statistics (values made up)."""
     return {
         "map": score, "map_best": score + 0.1, "map_worst": score - 0.1, "topk": 1000,
         "precision_at_n": {"100": score + 0.05, "500": score + 0.02, "1000": score},
@@ -409,7 +409,7 @@ def _synthetic_outcomes(labels_n: int = 10, bits: int = 64) -> list:
 
     from contrahash.bench.grid import Cell, CellOutcome
     from contrahash.config import TrainConfig
-    from contrahash.metrics import bit_statistics, retrieval_report
+    from contrahash.evaluation.metrics import bit_statistics, retrieval_report
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 5, 300)
@@ -452,7 +452,7 @@ def test_pr_plot_has_no_drop_to_the_origin(tmp_path):
 
 
 def test_pr_curve_points_without_coverage_drop_recall_zero():
-    from contrahash.metrics import pr_curve_points
+    from contrahash.evaluation.metrics import pr_curve_points
 
     curve = {"recall": [0.0, 0.0, 0.1, 0.6, 1.0], "precision": [0.0, 0.0, 0.9, 0.5, 0.1]}
     assert pr_curve_points(curve) == ([0.1, 0.6, 1.0], [0.9, 0.5, 0.1])

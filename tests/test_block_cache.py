@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from contrahash.backbones import build_backbone
 from contrahash.config import resolve_config
 from contrahash.methods import StepInfo, build_method
-from contrahash.rundir import RunDirectory
-from contrahash.train import train_run
+from contrahash.models.backbones import build_backbone
+from contrahash.training.rundir import RunDirectory
+from contrahash.training.train import train_run
 
 DIGITS = [
     "data.source=digits", "data.protocol_options={query: 0.1, train: 300}",

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from contrahash.protocols import load_split
+from contrahash.data.protocols import load_split
 
 runner = CliRunner()
 

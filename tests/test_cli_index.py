@@ -9,8 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from contrahash.cli import app
-from contrahash.index import HammingIndex, pack_codes
-from contrahash.metrics import retrieval_report
+from contrahash.evaluation.metrics import retrieval_report
+from contrahash.retrieval.index import HammingIndex, pack_codes
 
 runner = CliRunner()
 
@@ -84,7 +84,7 @@ def test_evaluate_files_table_and_json(files):
 
 def test_evaluate_run_dir_reproduces_the_runs_numbers(tmp_path):
     from contrahash.config import resolve_config
-    from contrahash.train import train_run
+    from contrahash.training.train import train_run
 
     cfg = resolve_config(None, ["method=itq", "data.source=digits", "backbone.name=pixels",
                                 "backbone.image_size=8", "bits=[8,16]",

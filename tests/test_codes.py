@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from contrahash.codes import bihalf_sign, sign, sign_st
+from contrahash.models.codes import bihalf_sign, sign, sign_st
 
 
 def test_sign_st_forward_and_identity_gradient():

@@ -14,7 +14,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from contrahash.cli import app
-from contrahash.collection import (
+from contrahash.retrieval.collection import (
     CollectionError,
     add_to_collection,
     build_collection,
@@ -60,7 +60,7 @@ def write_packed(path: Path, files: list[bytes], labels: list[int], names: list[
 def world(tmp_path_factory):
     """A packed source of 120 JPEGs, a flat folder of 12 more, and a trained (ITQ) run."""
     from contrahash.config import resolve_config
-    from contrahash.train import train_run
+    from contrahash.training.train import train_run
 
     root = tmp_path_factory.mktemp("collection")
     files = [_jpeg(_image(i)) for i in range(120)]
@@ -184,8 +184,7 @@ def test_add_appends_without_touching_what_was_written(world, tmp_path):
 
 
 def test_an_interrupted_add_leaves_the_collection_as_it_was(world, tmp_path, monkeypatch):
-    from contrahash import collection as module
-
+    from contrahash.retrieval import collection as module
     out = tmp_path / "coll"
     build_collection(world["run"], str(world["packed"]), out, bits=[8])
     before = (out / "manifest.json").read_bytes()
@@ -278,6 +277,5 @@ def test_a_milvus_backed_collection_searches_like_faiss(world, built, tmp_path):
         zip(ids[0].tolist(), distances[0].tolist(), strict=True))
     remote.close()  # Milvus Lite opens its file in one process at a time
     remote.close()  # idempotent
-    from contrahash import milvus as milvus_module
-
+    from contrahash.retrieval import milvus as milvus_module
     assert str(tmp_path / "codes.db") not in {str(p) for p in milvus_module._lite_users}

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageEnhance
 
-from contrahash.duplicates import (
+from contrahash.retrieval.duplicates import (
     DEFAULT_RADIUS,
     PERCEPTUAL_BITS,
     duplicate_groups,

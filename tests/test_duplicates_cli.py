@@ -30,9 +30,9 @@ def _photo(seed: int) -> Image.Image:
 
 @pytest.fixture(scope="module")
 def collection_dir(tmp_path_factory):
-    from contrahash.collection import build_collection
     from contrahash.config import resolve_config
-    from contrahash.train import train_run
+    from contrahash.retrieval.collection import build_collection
+    from contrahash.training.train import train_run
 
     root = tmp_path_factory.mktemp("dups")
     photos = root / "photos"
@@ -100,7 +100,7 @@ def test_the_service_on_a_real_collection(collection_dir):
         warnings.simplefilter("ignore")
         from fastapi.testclient import TestClient
 
-    from contrahash.collection import open_collection
+    from contrahash.retrieval.collection import open_collection
     from contrahash.serve.app import create_app
 
     out, _ = collection_dir

@@ -1,4 +1,4 @@
-"""The CPU inference engine (contrahash.engine): features and codes against torch fp32 on real
+"""The CPU inference engine (contrahash.models.engine): features and codes against torch fp32 on real
 EfficientNet-Lite0 weights, the export cache (reuse, corruption, staleness), the torch
 fallback with one warning, the block cache's prefix, and the CLI's --engine."""
 
@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from contrahash import engine as engine_module
-from contrahash.backbones import build_backbone
 from contrahash.config import resolve_config
-from contrahash.engine import compile_part, engine_threads, torch_reference
-from contrahash.model import build_model
+from contrahash.models import engine as engine_module
+from contrahash.models.backbones import build_backbone
+from contrahash.models.engine import compile_part, engine_threads, torch_reference
+from contrahash.models.model import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 INSTALLED = [name for name in ("openvino", "onnxruntime")
@@ -66,7 +66,7 @@ def lite0_cifar(tmp_path_factory):
     """256 CIFAR-10 JPEGs (all classes) upscaled to 224 px; the torch fp32 and bf16 features
     of Lite0 with its ImageNet weights; an FDBH 64-bit head trained on torch features."""
     from contrahash.data import load_source
-    from contrahash.train import train_on_features
+    from contrahash.training.train import train_on_features
 
     dataset = load_source(str(_cifar()))
     rows = np.linspace(0, len(dataset.images) - 1, 192).astype(np.int64)
@@ -278,7 +278,7 @@ def test_the_default_engine_comes_from_the_environment(monkeypatch):
 
 
 def test_index_info_says_which_engine_encoded_and_whether_a_query_here_would_match(monkeypatch):
-    from contrahash.engine import engine_note
+    from contrahash.models.engine import engine_note
 
     engine_module.set_default_engine(None)
     recorded = {"name": "openvino", "precision": "bf16", "version": "2026.4"}

@@ -14,10 +14,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from contrahash import hamming
-from contrahash import index as index_module
-from contrahash.hamming import PackedDatabase, hamming_topk
-from contrahash.index import (
+from contrahash.retrieval import hamming
+from contrahash.retrieval import index as index_module
+from contrahash.retrieval.hamming import PackedDatabase, hamming_topk
+from contrahash.retrieval.index import (
     PAD_DISTANCE,
     HammingIndex,
     IndexFormatError,

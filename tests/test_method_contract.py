@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from contrahash.augment import view_augmenters
+from contrahash.data.augment import view_augmenters
 from contrahash.methods import METHODS, HashMethod, MethodConfig, NeighbourSpec, StepInfo
 from contrahash.methods.base import OptimSpec, make_config
 
@@ -143,8 +143,8 @@ def test_embed_is_declared(name):
 
 # ----------------------------------------------------------------------------- the other side
 #: modules that drive methods without knowing them
-GENERIC = ["train.py", "providers.py", "rundir.py", "model.py", "evaluation.py", "neighbours.py",
-           "encode.py", "demo.py", "bench", "cli"]
+GENERIC = ["training", "models/model.py", "evaluation", "retrieval/encode.py", "demo.py", "bench",
+           "cli"]
 
 
 def _generic_files() -> list[Path]:

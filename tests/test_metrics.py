@@ -11,8 +11,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from contrahash import metrics
-from contrahash.metrics import (
+from contrahash.evaluation import metrics
+from contrahash.evaluation.metrics import (
     MapResult,
     bit_statistics,
     hamming_distances,

@@ -18,8 +18,8 @@ import pytest
 pytest.importorskip("pymilvus", reason="MilvusIndex needs pip install 'contrahash[milvus]'")
 faiss = pytest.importorskip("faiss", reason="the reference is faiss' IndexBinaryFlat")
 
-from contrahash.index import PAD_DISTANCE  # noqa: E402
-from contrahash.milvus import MilvusError, MilvusIndex  # noqa: E402
+from contrahash.retrieval.index import PAD_DISTANCE  # noqa: E402
+from contrahash.retrieval.milvus import MilvusError, MilvusIndex  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
 _names = itertools.count()

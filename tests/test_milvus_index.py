@@ -1,4 +1,4 @@
-"""MilvusIndex (contrahash.milvus) against faiss' IndexBinaryFlat and HammingIndex(numpy).
+"""MilvusIndex (contrahash.retrieval.milvus) against faiss' IndexBinaryFlat and HammingIndex(numpy).
 
 Needs the ``milvus`` extra (pymilvus 2.5, milvus-lite 2.5.1): skipped without it. Every test
 runs an embedded Milvus Lite server on a ``.db`` file under a temporary directory; the network
@@ -30,9 +30,9 @@ with warnings.catch_warnings():
 
 faiss = pytest.importorskip("faiss", reason="the reference is faiss' IndexBinaryFlat")
 
-from contrahash import milvus as milvus_module  # noqa: E402
-from contrahash.index import PAD_DISTANCE, HammingIndex, IndexFormatError  # noqa: E402
-from contrahash.milvus import MilvusError, MilvusIndex, MilvusNotInstalledError  # noqa: E402
+from contrahash.retrieval import milvus as milvus_module  # noqa: E402
+from contrahash.retrieval.index import PAD_DISTANCE, HammingIndex, IndexFormatError  # noqa: E402
+from contrahash.retrieval.milvus import MilvusError, MilvusIndex, MilvusNotInstalledError  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
 N_BIG = 100_000
@@ -237,7 +237,7 @@ def test_persistence_and_one_process_per_file(tmp_path):
         before = index.search(queries, 100, packed=True)
         # while this process holds the file, another process gets a clear error
         script = textwrap.dedent(f"""
-            from contrahash.milvus import MilvusError, MilvusIndex
+            from contrahash.retrieval.milvus import MilvusError, MilvusIndex
             try:
                 MilvusIndex({path!r}, 64, "codes")
             except MilvusError as exc:
@@ -254,7 +254,7 @@ def test_persistence_and_one_process_per_file(tmp_path):
     np.save(tmp_path / "q.npy", queries)
     script = textwrap.dedent(f"""
         import numpy as np
-        from contrahash.milvus import MilvusIndex
+        from contrahash.retrieval.milvus import MilvusIndex
         with MilvusIndex({path!r}, 64, "codes", create=False) as index:
             d, i = index.search(np.load({str(tmp_path / "q.npy")!r}), 100, packed=True)
             np.save({str(tmp_path / "i.npy")!r}, i)

@@ -22,8 +22,8 @@ import yaml
 pytest.importorskip("pymilvus", reason="MilvusIndex needs pip install 'contrahash[milvus]'")
 faiss = pytest.importorskip("faiss", reason="the reference is faiss' IndexBinaryFlat")
 
-from contrahash.milvus import MilvusError, MilvusIndex  # noqa: E402
-from contrahash.milvus_server import COMPONENTS, LocalMilvusServer, MilvusServerError  # noqa: E402
+from contrahash.retrieval.milvus import MilvusError, MilvusIndex  # noqa: E402
+from contrahash.retrieval.milvus_server import COMPONENTS, LocalMilvusServer, MilvusServerError  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
 TCP_STATES = {"01": "ESTABLISHED", "0A": "LISTEN"}
@@ -135,7 +135,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from PIL import Image
 
     from contrahash.config import resolve_config
-    from contrahash.train import train_run
+    from contrahash.training.train import train_run
 
     root = tmp_path_factory.mktemp("milvus-product")
     y, x = np.mgrid[:32, :32] / 32
@@ -161,7 +161,7 @@ def test_cli_on_the_server_like_faiss_and_an_unreachable_server(milvus_server, t
     from typer.testing import CliRunner
 
     from contrahash.cli import app
-    from contrahash.collection import open_collection
+    from contrahash.retrieval.collection import open_collection
 
     runner = CliRunner()
     root, run = tiny_run["root"], str(tiny_run["run"])
@@ -190,7 +190,7 @@ def test_cli_on_the_server_like_faiss_and_an_unreachable_server(milvus_server, t
     # kill -9 of `index add` after its Milvus insert, before its manifest commit
     script = textwrap.dedent(f"""
         import os, signal
-        from contrahash import collection
+        from contrahash.retrieval import collection
         real = collection.write_json
         def commit_then_die(path, data):
             if str(path).endswith("manifest.json"):
@@ -280,7 +280,7 @@ def test_credentials_reach_pymilvus_from_the_environment(monkeypatch: pytest.Mon
     """Token and database come from the environment (a manifest records only the uri)."""
     import pymilvus
 
-    from contrahash.milvus import check_backend
+    from contrahash.retrieval.milvus import check_backend
 
     seen: list[dict[str, object]] = []
 
@@ -305,7 +305,7 @@ def test_credentials_reach_pymilvus_from_the_environment(monkeypatch: pytest.Mon
 
 
 def test_backend_options_are_refused_before_any_connection(tmp_path):
-    from contrahash.milvus import check_backend
+    from contrahash.retrieval.milvus import check_backend
 
     with pytest.raises(MilvusError, match="supports only the BIN_FLAT index"):
         check_backend(str(tmp_path / "codes.db"), "BIN_IVF_FLAT")

@@ -20,10 +20,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from contrahash.cli import app
-from contrahash.collection import CollectionError, open_collection, read_manifest
 from contrahash.data import load_source
 from contrahash.data.errors import DataError
 from contrahash.data.images import decode_image, decode_upright
+from contrahash.retrieval.collection import CollectionError, open_collection, read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
@@ -241,14 +241,14 @@ def test_a_folder_without_images_is_one_line(tmp_path):
 
 def test_a_pixels_model_is_refused_on_photos(folder, tmp_path):
     from contrahash.config import resolve_config
-    from contrahash.train import train_run
+    from contrahash.training.train import train_run
 
     root, _ = folder
     cfg = resolve_config(None, ["method=itq", "data.source=digits", "backbone.name=pixels",
                                 "bits=[8]", f"cache.dir={tmp_path / 'cache'}"])
     run = train_run(cfg, tmp_path / "run").run_dir
     with pytest.raises(CollectionError, match="the model sees"):
-        from contrahash.collection import build_collection
+        from contrahash.retrieval.collection import build_collection
 
         build_collection(run, str(root), tmp_path / "coll")
     assert not (tmp_path / "coll" / "manifest.json").exists()
@@ -359,7 +359,7 @@ def test_kill_minus_nine_during_sync_then_sync_completes(synced):
     """kill -9 at each dangerous point of a sync (a filled segment not renamed, a segment not
     committed, the first of its two commits done) and at random moments: the collection
     opens, serves and is consistent every time, and the next sync completes the work."""
-    from contrahash.collection import CRASH_POINTS
+    from contrahash.retrieval.collection import CRASH_POINTS
 
     out, root = synced
     files = sorted(p for p in root.rglob("*.jpg") if p.stat().st_size > 1000)

@@ -40,7 +40,7 @@ def test_plain_lines_tick_while_a_phase_runs_and_end_once(monkeypatch):
 
 def test_the_library_reports_each_phase_of_a_run(tmp_path):
     from contrahash.config import resolve_config
-    from contrahash.train import train_run
+    from contrahash.training.train import train_run
 
     events: list[ProgressEvent] = []
     cfg = resolve_config(None, ["method=fdbh", "data.source=digits", "backbone.name=pixels",

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from contrahash.data import DataError, load_source
-from contrahash.protocols import (
+from contrahash.data.protocols import (
     PROTOCOLS,
     assign_nuswide,
     load_split,

@@ -680,7 +680,7 @@ def test_serve_command_opens_the_collection_and_binds_loopback(monkeypatch, tmp_
     from contrahash.cli.serve import serve_command
 
     opened: list[FakeCollection] = []
-    module = types.ModuleType("contrahash.collection")
+    module = types.ModuleType("contrahash.retrieval.collection")
 
     def open_collection(path):
         opened.append(FakeCollection(n=20))
@@ -692,7 +692,7 @@ def test_serve_command_opens_the_collection_and_binds_loopback(monkeypatch, tmp_
     monkeypatch.setattr(contrahash.runtime, "use_threads_in_this_thread", team_sizes.append)
 
     module.open_collection = open_collection  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "contrahash.collection", module)
+    monkeypatch.setitem(sys.modules, "contrahash.retrieval.collection", module)
     calls: list[dict] = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append({"app": app, **kw}))
     cli = typer.Typer()

@@ -12,16 +12,16 @@ import torch
 
 from contrahash.config import resolve_config
 from contrahash.data import load_source
-from contrahash.encode import encode_run
-from contrahash.evaluation import evaluate, evaluate_run
-from contrahash.features import FeatureCache, autocast_dtype, autocast_for
+from contrahash.data.protocols import load_split
+from contrahash.evaluation.evaluate import evaluate, evaluate_run
 from contrahash.methods import OptimSpec, build_method
-from contrahash.model import load_trained
-from contrahash.neighbours import mine_neighbours
-from contrahash.protocols import load_split
-from contrahash.providers import feature_view_batches
-from contrahash.rundir import RunDirectory
-from contrahash.train import TrainingError, train_run
+from contrahash.models.features import FeatureCache, autocast_dtype, autocast_for
+from contrahash.models.model import load_trained
+from contrahash.retrieval.encode import encode_run
+from contrahash.training.neighbours import mine_neighbours
+from contrahash.training.providers import feature_view_batches
+from contrahash.training.rundir import RunDirectory
+from contrahash.training.train import TrainingError, train_run
 
 DIGITS = [
     "data.source=digits",
@@ -215,7 +215,7 @@ def test_feature_cache_resumes_partial(tmp_path):
 
 
 def test_train_on_features_rejects_tiny_sets():
-    from contrahash.train import train_on_features
+    from contrahash.training.train import train_on_features
 
     with pytest.raises(ValueError, match="at least 2 images"):
         train_on_features(build_method("cibhash", 4, [4]), torch.randn(1, 2, 4), epochs=1,

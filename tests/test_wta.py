@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from contrahash.wta import (
+from contrahash.methods.wta import (
     harr_structure,
     wta_codes,
     wta_permutations,

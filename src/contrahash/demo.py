@@ -95,8 +95,8 @@ def draw_retrievals(run_dir: Path, path: Path, bits: int | None = None, n_querie
 
     from contrahash.config import resolve_config
     from contrahash.data import load_source
-    from contrahash.index import HammingIndex
     from contrahash.io import atomic_write
+    from contrahash.retrieval.index import HammingIndex
 
     cfg = resolve_config(run_dir / "config.yaml")
     bits = bits or max(cfg.bits)

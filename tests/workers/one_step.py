@@ -17,10 +17,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from contrahash.backbones import build_backbone
-from contrahash.distributed import BatchGroup, DistributedContext, global_batchnorm
 from contrahash.methods import StepInfo, build_method
-from contrahash.train import make_optimizer, resolve_optim
+from contrahash.models.backbones import build_backbone
+from contrahash.training.distributed import BatchGroup, DistributedContext, global_batchnorm
+from contrahash.training.train import make_optimizer, resolve_optim
 
 GLOBAL_BATCH, DIM = 16, 24
 CONFIGS = {

@@ -31,7 +31,7 @@ The package's modules: :mod:`.grid` (the file format and each cell's config), :m
 :mod:`.memory` (peak memory per cell).
 
 Every cell runs in ``OUT/runs/<label>-seed<s>/`` (a normal run directory) and all cells share
-one :class:`~contrahash.features.FeatureCache` (``base.cache.dir`` or ``OUT/cache``), so
+one :class:`~contrahash.models.features.FeatureCache` (``base.cache.dir`` or ``OUT/cache``), so
 frozen-backbone cells compute the backbone features once. Re-running the same command resumes
 the grid: a cell whose run directory holds ``results.json`` is read back, not recomputed; one
 with a checkpoint but no results continues with ``resume=True``; a cell whose existing run was

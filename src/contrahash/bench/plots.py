@@ -9,8 +9,8 @@ from typing import Any
 
 from contrahash.bench.grid import CellOutcome
 from contrahash.bench.report import precision_at_n_of
+from contrahash.evaluation.metrics import pr_curve_points
 from contrahash.io import atomic_write
-from contrahash.metrics import pr_curve_points
 
 __all__ = ["write_plots"]
 
@@ -28,7 +28,7 @@ def _first_seed_reports(outcomes: Sequence[CellOutcome]) -> dict[str, dict[str, 
 
 def _pr_points(report: Mapping[str, Any]) -> tuple[list[float], list[float]] | None:
     """(recall, precision) of the radii where something relevant was retrieved (no drop to
-    (0, 0) at the radii whose Hamming balls are empty: :func:`~contrahash.metrics.pr_curve_points`)."""
+    (0, 0) at the radii whose Hamming balls are empty: :func:`~contrahash.evaluation.metrics.pr_curve_points`)."""
     curve = report.get("pr_curve")
     if isinstance(curve, Mapping) and curve.get("precision") and curve.get("recall"):
         points = pr_curve_points(curve)
@@ -134,7 +134,7 @@ def write_plots(out_dir: Path, outcomes: Sequence[CellOutcome]) -> list[Path]:
     """pr_<bits>.png, pn_<bits>.png and bit_balance.png; returns the paths written.
 
     Legends sit outside the axes; the PR curves leave out the radii where nothing relevant
-    was retrieved (see :func:`contrahash.metrics.pr_curve_points`).
+    was retrieved (see :func:`contrahash.evaluation.metrics.pr_curve_points`).
     """
     import matplotlib
 

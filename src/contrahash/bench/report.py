@@ -17,7 +17,7 @@ from typing import Any
 from contrahash.bench.grid import LOCATION_KEYS, CellOutcome, Grid
 from contrahash.config import ConfigError, TrainConfig, parse_override
 from contrahash.io import sha256_file, write_json, write_text
-from contrahash.rundir import RunDirectory
+from contrahash.training.rundir import RunDirectory
 
 __all__ = [
     "BenchReport",

@@ -27,7 +27,7 @@ from contrahash.bench.report import BenchReport, write_reports
 from contrahash.config import ConfigError, config_to_dict, resolve_config
 from contrahash.io import write_json
 from contrahash.progress import ProgressCallback
-from contrahash.rundir import RunDirectory
+from contrahash.training.rundir import RunDirectory
 
 __all__ = ["CELL_FILE", "cell_state", "check_same_config", "collect_cell", "run_cell", "run_grid"]
 
@@ -103,7 +103,7 @@ def _get(d: dict, dotted: str) -> Any:
 
 
 def _resolve_device(name: str) -> str:
-    from contrahash.model import select_device
+    from contrahash.models.model import select_device
 
     return str(select_device(name)) if name == "auto" else name
 
@@ -199,7 +199,7 @@ def run_grid(
 ) -> BenchReport:
     """Run (or resume) every cell of ``grid`` and write the reports into ``out_dir``.
 
-    ``train_fn`` defaults to :func:`contrahash.train.train_run` (injected in tests). Tables
+    ``train_fn`` defaults to :func:`contrahash.training.train.train_run` (injected in tests). Tables
     are rewritten after every cell, so an interrupted grid still leaves valid partial tables.
     """
     out = Path(out_dir)
@@ -207,10 +207,10 @@ def run_grid(
     command = command or " ".join(shlex.quote(a) for a in sys.argv)
     cells = enumerate_cells(grid, out, quick=quick, only=only, overrides=overrides)
     if train_fn is None and not report_only:
-        from contrahash.train import train_run as train_fn
+        from contrahash.training.train import train_run as train_fn
     cache = None
     if not report_only:
-        from contrahash.features import FeatureCache
+        from contrahash.models.features import FeatureCache
 
         cache = FeatureCache(cache_dir_for(grid, out, overrides))
     outcomes: list[CellOutcome] = []

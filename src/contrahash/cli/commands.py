@@ -39,7 +39,7 @@ def _options(
     if threads is not None:
         apply_thread_policy(threads)
     if engine is not None:
-        from contrahash.engine import set_default_engine
+        from contrahash.models.engine import set_default_engine
 
         try:
             set_default_engine(engine)

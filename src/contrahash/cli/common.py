@@ -55,10 +55,10 @@ def user_message(exc: BaseException) -> str | None:
     """The one-line message of an exception a user can cause, or None for a bug."""
     from contrahash.config import ConfigError
     from contrahash.data import DataError
-    from contrahash.index import IndexFormatError
     from contrahash.locks import LockedError
-    from contrahash.rundir import RunStateError
-    from contrahash.train import TrainingError
+    from contrahash.retrieval.index import IndexFormatError
+    from contrahash.training.rundir import RunStateError
+    from contrahash.training.train import TrainingError
 
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         where = f" writing {exc.filename}" if exc.filename else ""

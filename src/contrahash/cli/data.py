@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from contrahash.data import ImageDataset, load_source
-from contrahash.protocols import PROTOCOLS, make_split, save_split
+from contrahash.data.protocols import PROTOCOLS, make_split, save_split
 
 data_app = typer.Typer(
     name="data",

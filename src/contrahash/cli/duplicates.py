@@ -1,6 +1,6 @@
 """``contrahash duplicates DIR``: groups of near-duplicate photos of a collection.
 
-Thin: opens the collection, calls :func:`contrahash.duplicates.find_duplicates`, prints the
+Thin: opens the collection, calls :func:`contrahash.retrieval.duplicates.find_duplicates`, prints the
 groups (largest first) or, with ``--json``, one object
 ``{"radius": r, "bits": b, "groups": [[{"id", "path", "distance", "exact"}, …], …]}``.
 """
@@ -44,8 +44,8 @@ def duplicates_command(
 ) -> None:
     """Groups of near-duplicate photos (resized, re-compressed, lightly cropped or brightened
     copies): connected components of "within --radius" on the collection's perceptual codes."""
-    from contrahash.collection import open_collection
-    from contrahash.duplicates import DEFAULT_RADIUS, find_duplicates
+    from contrahash.retrieval.collection import open_collection
+    from contrahash.retrieval.duplicates import DEFAULT_RADIUS, find_duplicates
 
     r = DEFAULT_RADIUS if radius is None else radius
     with open_collection(directory) as collection:

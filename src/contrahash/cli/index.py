@@ -1,6 +1,6 @@
 """``contrahash index build``, ``contrahash search`` and ``contrahash evaluate`` on code files.
 
-Thin wrappers: load ``.npy`` files, call :mod:`contrahash.index` / :mod:`contrahash.metrics`,
+Thin wrappers: load ``.npy`` files, call :mod:`contrahash.retrieval.index` / :mod:`contrahash.evaluation.metrics`,
 print a rich table (or JSON with ``--json``).
 """
 
@@ -33,9 +33,9 @@ def load_npy(path: Path, option: str) -> np.ndarray:
 # ----------------------------------------------------------------------------- index build
 def build_codes_index(codes: Path, out: Path, ids: Path | None, bits: int | None) -> None:
     """``index build CODES.npy --out FILE``: an exact Hamming index of a codes file."""
-    from contrahash.codes_io import check_output_path, provenance_of, sidecar
-    from contrahash.index import HammingIndex
     from contrahash.io import write_json
+    from contrahash.retrieval.codes_io import check_output_path, provenance_of, sidecar
+    from contrahash.retrieval.index import HammingIndex
 
     array = load_npy(codes, "CODES")
     id_array = load_npy(ids, "--ids") if ids is not None else None
@@ -62,8 +62,8 @@ def build_codes_index(codes: Path, out: Path, ids: Path | None, bits: int | None
 def search_codes(index_path: Path, queries: Path, k: int, out: Path | None, as_json: bool,
                  packed: bool, show: int, backend: str) -> None:
     """``search INDEX QUERIES.npy``: the k nearest codes of each query code."""
-    from contrahash.codes_io import check_output_path, check_same_run
-    from contrahash.index import HammingIndex
+    from contrahash.retrieval.codes_io import check_output_path, check_same_run
+    from contrahash.retrieval.index import HammingIndex
 
     if index_path.is_dir():
         fail(f"INDEX {index_path} is a directory: give an index file (contrahash index build "
@@ -145,17 +145,17 @@ def evaluate_command(
                                          "(JSON always has map_best / map_worst)")] = False,
 ) -> None:
     """mAP@K, P@N and P@r≤2 of saved codes (ties broken by database order)."""
-    from contrahash.metrics import retrieval_report
+    from contrahash.evaluation.metrics import retrieval_report
 
     if run_dir is not None:
-        from contrahash.evaluation import evaluate_run
+        from contrahash.evaluation.evaluate import evaluate_run
 
         if not run_dir.is_dir():
             fail(f"RUN_DIR {run_dir} is not a directory")
         reports = {str(k): v for k, v in evaluate_run(run_dir, topk=topk).items()}
         title = f"{run_dir}"
     else:
-        from contrahash.codes_io import check_same_run
+        from contrahash.retrieval.codes_io import check_same_run
 
         paths = {"--query-codes": query_codes, "--db-codes": db_codes,
                  "--query-labels": query_labels, "--db-labels": db_labels}
@@ -230,7 +230,7 @@ def build_collection_index(run_dir: Path, data: str | None, out: Path, bits: lis
                            milvus_options: dict[str, Any] | None = None) -> None:
     """``index build RUN --data SOURCE --out DIR``: a searchable collection."""
     from contrahash.cli.progress import progress_display
-    from contrahash.collection import build_collection
+    from contrahash.retrieval.collection import build_collection
 
     if data is None:
         fail("--data SOURCE is needed with a run directory (the images to index)")
@@ -242,7 +242,7 @@ def build_collection_index(run_dir: Path, data: str | None, out: Path, bits: lis
                                 labels=labels, progress=progress_display(progress),
                                 command=invoked_command())
     dt = time.perf_counter() - t0
-    from contrahash.distributed import context
+    from contrahash.training.distributed import context
 
     if not context().is_main:
         return
@@ -269,7 +269,7 @@ def add_command(
     """Append images to a collection (new ids; nothing written before changes; content that
     is already in the collection is reported, not stored twice)."""
     from contrahash.cli.progress import progress_display
-    from contrahash.collection import add_to_collection
+    from contrahash.retrieval.collection import add_to_collection
 
     _check_labels(labels)
     before = len_of(directory)
@@ -315,7 +315,7 @@ def sync_command(
     ones (by content: a touched but identical file is unchanged). Ids of kept items never
     change; a running `serve` picks the change up."""
     from contrahash.cli.progress import progress_display
-    from contrahash.collection import sync_collection
+    from contrahash.retrieval.collection import sync_collection
 
     t0 = time.perf_counter()
     out = sync_collection(directory, device=device,
@@ -338,7 +338,7 @@ def remove_command(
     path: Annotated[list[Path] | None, typer.Option("--path", help="an indexed file")] = None,
 ) -> None:
     """Remove items (by id or by file path): never returned again; other ids unchanged."""
-    from contrahash.collection import remove_from_collection
+    from contrahash.retrieval.collection import remove_from_collection
 
     before = len_of(directory)
     manifest = remove_from_collection(directory, ids=item_id or [],
@@ -350,7 +350,7 @@ def remove_command(
 
 def len_of(directory: Path) -> int:
     """Items in a collection (from its manifest)."""
-    from contrahash.collection import read_manifest
+    from contrahash.retrieval.collection import read_manifest
 
     return int(read_manifest(directory)["count"])
 
@@ -360,8 +360,8 @@ def info_command(
     as_json: Annotated[bool, typer.Option("--json", help="print the manifest as JSON")] = False,
 ) -> None:
     """What a collection holds: items, code lengths, the run, its sources."""
-    from contrahash.collection import collection_info
-    from contrahash.engine import engine_note
+    from contrahash.models.engine import engine_note
+    from contrahash.retrieval.collection import collection_info
 
     info = collection_info(directory)
     if as_json:
@@ -372,7 +372,7 @@ def info_command(
                   f"{info['bits']}, backend {info['backend']['kind']}, "
                   f"{info['bytes_on_disk'] / 2**20:,.1f} MiB on disk", highlight=False)
     if info["backend"]["kind"] == "milvus":
-        from contrahash.milvus import describe_backend
+        from contrahash.retrieval.milvus import describe_backend
 
         console.print(describe_backend(info["backend"]), highlight=False)
     console.print(f"model: {run['method']} on {run['backbone']} at {run['image_size']} px "
@@ -395,7 +395,7 @@ def info_command(
 def search_collection(directory: Path, image: Path | None, item_id: int | None, k: int,
                       bits: int | None, as_json: bool) -> None:
     """``search DIR --image FILE`` / ``--id N``: ranked items of a collection."""
-    from contrahash.collection import open_collection
+    from contrahash.retrieval.collection import open_collection
 
     if (image is None) == (item_id is None):
         fail("give exactly one of --image FILE or --id N to search a collection")
@@ -497,7 +497,7 @@ def build_command(
 ) -> None:
     """Index a folder of images in one command (its model learnt from the images themselves),
     index images with a trained run, or index a codes file."""
-    from contrahash.distributed import is_distributed
+    from contrahash.training.distributed import is_distributed
 
     if nproc > 1 and not is_distributed():
         relaunch(nproc)

@@ -46,7 +46,7 @@ def serve_command(
     import torch
     import uvicorn
 
-    from contrahash.collection import open_collection
+    from contrahash.retrieval.collection import open_collection
     from contrahash.runtime import use_threads_in_this_thread
     from contrahash.serve.app import create_app
     from contrahash.serve.connections import head_timeout_protocol

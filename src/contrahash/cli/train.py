@@ -35,8 +35,8 @@ def train_command(
 ) -> None:
     """Train a hashing method and evaluate it; writes a complete run directory."""
     from contrahash.config import resolve_config
-    from contrahash.distributed import context, is_distributed
-    from contrahash.train import train_run
+    from contrahash.training.distributed import context, is_distributed
+    from contrahash.training.train import train_run
 
     if nproc > 1 and not is_distributed():
         relaunch(nproc)  # this command again, in nproc processes
@@ -135,14 +135,14 @@ def encode_command(
     progress: ProgressOption = True,
 ) -> None:
     """Encode every image of a source with a trained run; writes ±1 codes as .npy."""
-    from contrahash.distributed import context, is_distributed
+    from contrahash.training.distributed import context, is_distributed
 
     if nproc > 1 and not is_distributed():
         relaunch(nproc)
         return
-    from contrahash.codes_io import check_output_path, write_codes
     from contrahash.config import resolve_config
-    from contrahash.encode import encode_run
+    from contrahash.retrieval.codes_io import check_output_path, write_codes
+    from contrahash.retrieval.encode import encode_run
 
     if not (run_dir / "config.yaml").is_file():
         fail(f"{run_dir} is not a run directory (no config.yaml)")

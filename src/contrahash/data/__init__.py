@@ -5,7 +5,7 @@
 >>> ds.images[:4].shape, ds.labels.shape, ds.single_label()[:4].tolist()
 (torch.Size([4, 8, 8, 3]), (1797, 10), [0, 1, 2, 3])
 
-Protocols (query/database/train splits) live in :mod:`contrahash.protocols`.
+Protocols (query/database/train splits) live in :mod:`contrahash.data.protocols`.
 """
 
 from contrahash.data.dataset import ImageDataset, one_hot, single_label

@@ -82,12 +82,12 @@ def build_library(data: str, out: str | Path, *, bits: Sequence[int] = DEFAULT_B
     """Learn an FDBH model from ``data``'s own images and index them into a new collection
     ``out`` (see the module docstring). Returns the manifest, with ``"training"`` (the run's
     results) and ``"estimate"`` (first estimate, actual seconds) added."""
-    from contrahash.collection import build_collection, check_new_collection_dir
     from contrahash.config import expand_source
     from contrahash.data import load_source
     from contrahash.library.estimate import TimeEstimate, Work
     from contrahash.methods import METHODS
-    from contrahash.train import train_run
+    from contrahash.retrieval.collection import build_collection, check_new_collection_dir
+    from contrahash.training.train import train_run
 
     out = Path(out)
     check_new_collection_dir(out)  # before any work: a wrong --out costs nothing

@@ -4,7 +4,7 @@ For an item with a file: the SHA-256 of the file's bytes (the content identity t
 sync`` and duplicate detection compare), its size and modification time (a sync re-hashes a
 file only when they changed), its width and height as shown (EXIF orientation applied), a
 thumbnail that keeps the aspect ratio, and a perceptual code for near-duplicate search
-(:func:`contrahash.duplicates.perceptual_code`). The file is read once; the image decodes at
+(:func:`contrahash.retrieval.duplicates.perceptual_code`). The file is read once; the image decodes at
 the smallest JPEG scale that still gives ``min_side`` pixels on its shorter side, so a 12 MP
 photo never decodes at 12 MP. Items without a file (CIFAR arrays, digits) get the same facts
 from their stored pixels; their content hash is that of the pixels.
@@ -64,7 +64,7 @@ def _thumbnail(img: Any, size: int, quality: int) -> bytes:
 
 def _file_facts(path: str, size: int, quality: int) -> ItemFacts:
     from contrahash.data.images import decode_upright
-    from contrahash.duplicates import perceptual_code
+    from contrahash.retrieval.duplicates import perceptual_code
 
     st = os.stat(path)
     with open(path, "rb") as f:
@@ -78,7 +78,7 @@ def _file_facts(path: str, size: int, quality: int) -> ItemFacts:
 def _pixel_facts(pixels: np.ndarray, size: int, quality: int) -> ItemFacts:
     from PIL import Image
 
-    from contrahash.duplicates import perceptual_code
+    from contrahash.retrieval.duplicates import perceptual_code
 
     pixels = np.ascontiguousarray(pixels)
     digest = hashlib.sha256(b"pixels\0" + repr(pixels.shape).encode() + pixels.tobytes())

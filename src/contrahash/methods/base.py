@@ -2,7 +2,7 @@
 
 A method is an ``nn.Module`` holding its heads (one per code length, so 16/32/64 bits
 train from one backbone forward) and computing its own loss from backbone outputs.
-The one training loop (:mod:`contrahash.train`) owns data, augmentation, backbone,
+The one training loop (:mod:`contrahash.training.train`) owns data, augmentation, backbone,
 optimiser, checkpoints; the method owns heads, losses and how codes are read out.
 
 Configuration: each method declares a ``Config`` dataclass whose defaults follow
@@ -45,7 +45,7 @@ class MethodConfig:
 
 @dataclass(frozen=True)
 class NeighbourSpec:
-    """What a method asks of the trainer's neighbour mining (:mod:`contrahash.neighbours`).
+    """What a method asks of the trainer's neighbour mining (:mod:`contrahash.training.neighbours`).
 
     Before training, each training image's ``k`` nearest neighbours are mined by cosine of the
     frozen backbone's un-augmented features over ``pool`` (``"train"``: the training images;
@@ -78,7 +78,7 @@ class StepInfo:
     ``positions`` are the batch rows' positions in the training split — the row order of the
     features :meth:`HashMethod.fit` was given (HARR looks up its similarity structure by them).
     ``group`` is None in a single process; in a distributed run it is the
-    :class:`~contrahash.distributed.BatchGroup` whose global batch this process holds a
+    :class:`~contrahash.training.distributed.BatchGroup` whose global batch this process holds a
     slice of (the views are that slice), for losses that need the whole batch.
     """
 
@@ -120,7 +120,7 @@ class HashMethod(nn.Module):
     ``input_kind``            ``"vector"`` ([N, d]) or ``"tokens"`` ([N, T, d])        vector
     ``trainable``             False: training-free, everything happens in :meth:`fit`  True
     ``needs_fit``             a trainable method that also wants :meth:`fit` first     False
-    ``augmentation``          augmentation recipe name (:mod:`contrahash.augment`)     contrastive
+    ``augmentation``          augmentation recipe name (:mod:`contrahash.data.augment`)     contrastive
     ``max_batch``             largest batch the loss supports                          None (any)
     ``default_optim``         the method's optimisation recipe                         OptimSpec()
     ``n_views``               views per image one step takes (may depend on config)   2
@@ -146,7 +146,7 @@ class HashMethod(nn.Module):
     trainable: ClassVar[bool] = True
     #: a trainable method that needs :meth:`fit` on the training features before training
     needs_fit: ClassVar[bool] = False
-    #: augmentation recipe name (see contrahash.augment): "contrastive", "resize", "harr"
+    #: augmentation recipe name (see contrahash.data.augment): "contrastive", "resize", "harr"
     augmentation: ClassVar[str] = "contrastive"
     #: largest batch the loss supports (NSH is O(N^3) in memory); None = any
     max_batch: ClassVar[int | None] = None
@@ -207,7 +207,7 @@ class HashMethod(nn.Module):
 
     def check_distributed(self) -> None:
         """Raise ``ValueError`` (saying why) unless :meth:`training_loss` computes the global
-        batch's loss when ``step.group`` is set (:mod:`contrahash.distributed`): contrastive
+        batch's loss when ``step.group`` is set (:mod:`contrahash.training.distributed`): contrastive
         negatives from every process, batch statistics over the global batch, this process's
         share of every mean. The default refuses: a loss written for one process would
         silently train differently."""

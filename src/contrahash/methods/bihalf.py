@@ -4,7 +4,7 @@ AAAI Conference on Artificial Intelligence (AAAI) 2021.
 Official-code behaviour (docs/methods.md, "Bi-half"):
 
 * Head per code length: Linear(d, k) on frozen features = u.
-* Training codes: the bi-half layer :func:`contrahash.codes.bihalf_sign` on the batch (per bit,
+* Training codes: the bi-half layer :func:`contrahash.models.codes.bihalf_sign` on the batch (per bit,
   the larger half of the batch → +1; backward adds γ(u − b)/(N·k), γ = 6). Test code: sign(u).
 * Loss (:func:`~contrahash.losses.half_batch_similarity_mse`): MSE between cos(b_a, b_b) and
   cos(f_a, f_b) where, as in the official code, row i of the first half of the batch is paired
@@ -23,9 +23,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from contrahash.codes import bihalf_sign, sign_pm1
 from contrahash.losses import half_batch_similarity_mse
 from contrahash.methods.base import HashMethod, LossOutput, MethodConfig, OptimSpec, StepInfo
+from contrahash.models.codes import bihalf_sign, sign_pm1
 
 
 class LinearSimilarityHash(HashMethod):

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from contrahash.codes import sign_st
 from contrahash.losses import bernoulli_kl_rows, nt_xent, symmetric_bernoulli_kl
 from contrahash.methods.base import (
     HashMethod,
@@ -25,6 +24,7 @@ from contrahash.methods.base import (
     StepInfo,
     mlp_head,
 )
+from contrahash.models.codes import sign_st
 
 
 class CIBHash(HashMethod):
@@ -63,7 +63,7 @@ class CIBHash(HashMethod):
             if group is None:
                 contrastive = nt_xent(b1, b2, self.config.temperature)
                 kl = symmetric_bernoulli_kl(p1, p2)
-            else:  # the global batch's terms, this process's share (contrahash.distributed)
+            else:  # the global batch's terms, this process's share (contrahash.training.distributed)
                 contrastive = group.nt_xent(b1, b2, self.config.temperature)
                 kl = 0.5 * (group.mean_rows(bernoulli_kl_rows(p1, p2.detach()))
                             + group.mean_rows(bernoulli_kl_rows(p2, p1.detach())))

@@ -37,7 +37,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from contrahash.codes import bihalf_sign, sign_pm1, sign_st
 from contrahash.losses import (
     cosine_reconstruction_loss,
     decorrelation_loss,
@@ -53,6 +52,7 @@ from contrahash.methods.base import (
     StepInfo,
     mlp_head,
 )
+from contrahash.models.codes import bihalf_sign, sign_pm1, sign_st
 
 FDO_MODES = ("standardize", "bihalf", "none")
 NEIGHBOUR_MODES = ("replace", "extra")

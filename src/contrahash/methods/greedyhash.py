@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 import torch
 
-from contrahash.codes import sign_st
 from contrahash.losses import cubic_quantization_loss
 from contrahash.methods.base import MethodConfig
 from contrahash.methods.bihalf import LinearSimilarityHash
+from contrahash.models.codes import sign_st
 
 
 class GreedyHash(LinearSimilarityHash):

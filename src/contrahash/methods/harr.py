@@ -8,7 +8,7 @@ Official-code behaviour (docs/methods.md, "HARR"):
   not in-place here (the official one is, which would overwrite a shared feature tensor).
 * Similarity structure, built once by :meth:`HARR.fit` from test-time backbone features of the
   training images (training-split order): WTA codes over 512 seeded permutations, window 8
-  (:mod:`contrahash.wta`); w = S2/512, thr (top 30% of off-diagonal pairs), S = [w ≥ thr],
+  (:mod:`contrahash.methods.wta`); w = S2/512, thr (top 30% of off-diagonal pairs), S = [w ≥ thr],
   pos = max(w) − thr, neg = thr − min(w). Only the ``[N, 512]`` codes (uint8) and the scalars
   are kept (buffers, checkpointed); each step computes its batch's block of S2 from the codes.
 * Three views per image, in the order of the "harr" augmentation recipe:
@@ -40,10 +40,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from contrahash.codes import sign_pm1
 from contrahash.losses import bit_correlation_loss, cosine_quantization_loss, wta_contrastive_loss
 from contrahash.methods.base import HashMethod, LossOutput, MethodConfig, OptimSpec, StepInfo
-from contrahash.wta import wta_codes, wta_similarity, wta_threshold
+from contrahash.methods.wta import wta_codes, wta_similarity, wta_threshold
+from contrahash.models.codes import sign_pm1
 
 
 class HARR(HashMethod):

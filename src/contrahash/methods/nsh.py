@@ -36,9 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from contrahash.codes import sign_pm1
 from contrahash.losses import sorted_nce_loss, squared_quantization_loss
 from contrahash.methods.base import HashMethod, LossOutput, MethodConfig, OptimSpec, StepInfo
+from contrahash.models.codes import sign_pm1
 
 
 class NSH(HashMethod):

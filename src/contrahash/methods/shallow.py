@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
-from contrahash.codes import sign_pm1
 from contrahash.methods.base import HashMethod, LossOutput, MethodConfig, StepInfo
+from contrahash.models.codes import sign_pm1
 
 
 def _generator(seed: int, bits: int) -> torch.Generator:

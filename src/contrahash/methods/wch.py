@@ -35,9 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from contrahash.codes import sign_pm1, sign_st
 from contrahash.losses import bit_balance_loss, soft_target_cross_entropy
 from contrahash.methods.base import HashMethod, LossOutput, MethodConfig, OptimSpec, StepInfo
+from contrahash.models.codes import sign_pm1, sign_st
 
 
 def mutual_attention(

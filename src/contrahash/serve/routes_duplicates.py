@@ -12,7 +12,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request
 
-from contrahash.duplicates import DEFAULT_RADIUS, PERCEPTUAL_BITS, find_duplicates
+from contrahash.retrieval.duplicates import DEFAULT_RADIUS, PERCEPTUAL_BITS, find_duplicates
 from contrahash.serve.deps import get_state, item_fields
 from contrahash.serve.models import DuplicateMemberResponse, DuplicatesResponse, ErrorResponse
 

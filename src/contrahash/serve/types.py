@@ -1,7 +1,7 @@
 """The interface the search service programs against: a *collection* of indexed images.
 
 :class:`Collection` is a structural :class:`typing.Protocol`: the real implementation
-(``contrahash.collection``) and the test fake both satisfy it without inheriting from it.
+(``contrahash.retrieval.collection``) and the test fake both satisfy it without inheriting from it.
 :class:`Hit`, :class:`Item` and :class:`InvalidImageError` live here so that every
 implementation imports them from one place.
 """
@@ -110,7 +110,7 @@ class Collection(Protocol):
 
     def perceptual_codes(self) -> tuple[np.ndarray, np.ndarray]:
         """``(ids, codes)``: the live items' ids and their packed perceptual codes
-        (``uint8 [n, PERCEPTUAL_BITS // 8]``, see :mod:`contrahash.duplicates`)."""
+        (``uint8 [n, PERCEPTUAL_BITS // 8]``, see :mod:`contrahash.retrieval.duplicates`)."""
         ...
 
     def codes_of(self, ids: list[int], bits: int) -> np.ndarray:

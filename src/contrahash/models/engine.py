@@ -5,7 +5,7 @@ On a CPU every image a user waits for — the feature cache before training, ``e
 whose weights no longer change. PyTorch runs that forward op by op; an inference engine
 compiles the whole graph once (fused convolutions, bf16 kernels on AVX512-BF16/AMX) and runs
 it markedly faster (``docs/engine.md``; figures in ``docs/results.md``). This module turns a
-frozen part of a :class:`~contrahash.backbones.Backbone` into such a compiled forward:
+frozen part of a :class:`~contrahash.models.backbones.Backbone` into such a compiled forward:
 
 * **parts**: ``("features",)`` (the pooled features), ``("tokens",)`` (the token grid) or
   ``("blocks", n)`` (the frozen prefix below the last ``n`` blocks, the block cache's input);
@@ -184,7 +184,7 @@ def weights_hash(module: torch.nn.Module) -> str:
 
 def _precision(name: str, amp: bool) -> str:
     """bf16 where OpenVINO may use native bf16 kernels (and the model asks for amp), else f32."""
-    from contrahash.features import cpu_has_native_bf16
+    from contrahash.models.features import cpu_has_native_bf16
 
     return "bf16" if name == "openvino" and amp and cpu_has_native_bf16() else "f32"
 
@@ -430,7 +430,7 @@ def _copy_export(source: Path, target: Path, name: str, stem: str) -> None:
 
 
 def _folders(folder: Path) -> list[Path]:
-    from contrahash.features import default_cache_dir
+    from contrahash.models.features import default_cache_dir
 
     return [folder, default_cache_dir() / "engines"]
 
@@ -438,7 +438,7 @@ def _folders(folder: Path) -> list[Path]:
 def _writable(folder: Path) -> Path:
     """``folder``, or the user cache's engine folder when ``folder`` cannot be written (a
     read-only collection)."""
-    from contrahash.features import default_cache_dir
+    from contrahash.models.features import default_cache_dir
 
     try:
         folder.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@ Every function takes a whole batch of images as stored — ``[B, H, W, 3]`` uint
 what the data stores return) or ``[B, 3, H, W]`` — and returns ``float32 [B, 3, S, S]`` in
 ``[0, 1]`` on the input's device, laid out channels-last in memory (the layout the backbones
 run fastest in; ``.contiguous()`` gives plain NCHW). Normalisation is the backbone's job
-(:meth:`contrahash.backbones.Backbone.normalize`).
+(:meth:`contrahash.models.backbones.Backbone.normalize`).
 
 >>> aug = BatchAugment("contrastive", 64)
 >>> images = torch.randint(0, 256, (8, 32, 32, 3), dtype=torch.uint8)

@@ -159,8 +159,8 @@ def build_collection(run_dir: str | os.PathLike, data: str, out: str | os.PathLi
 
 def _join(device: str | None) -> Any:
     """This process's distributed context (several processes encode together)."""
-    from contrahash.distributed import init_from_env
-    from contrahash.model import select_device
+    from contrahash.models.model import select_device
+    from contrahash.training.distributed import init_from_env
 
     return init_from_env(select_device(device or "auto"))
 
@@ -318,8 +318,8 @@ def _commit(directory: Path, manifest: dict[str, Any], model: Any, dataset: Any,
     """Scan, deduplicate, encode and write ``plan`` as one new segment, then the manifest
     (the commit point). Returns (manifest, what changed). ``known_codes`` (per code length,
     one row per dataset row) are used instead of encoding."""
-    from contrahash.encode import encode_dataset
     from contrahash.library.scan import ItemFacts, scan_items
+    from contrahash.retrieval.encode import encode_dataset
 
     facts = scan_items(dataset, plan.rows, thumbnail_size=THUMBNAIL_SIZE,
                        quality=THUMBNAIL_QUALITY, progress=progress)
@@ -381,7 +381,7 @@ def _commit(directory: Path, manifest: dict[str, Any], model: Any, dataset: Any,
         return manifest, change
 
     def write(tmp: Path) -> None:
-        from contrahash.index import HammingIndex
+        from contrahash.retrieval.index import HammingIndex
 
         for k in manifest["bits"]:
             index = HammingIndex(k, backend="numpy")
@@ -609,8 +609,8 @@ def remove_from_collection(directory: str | os.PathLike, *, ids: Sequence[int] =
                            ) -> dict[str, Any]:
     """Remove items by id or by file path (never served again; other ids unchanged); an
     unknown id or path is an error and nothing is removed. Returns the manifest."""
-    from contrahash.distributed import context
     from contrahash.locks import DirectoryLock
+    from contrahash.training.distributed import context
 
     directory = Path(directory)
     _reachable(read_manifest(directory))
@@ -686,7 +686,7 @@ def _copy_model(run_dir: Path, target: Path) -> None:
 def _load_model(directory: Path, device: str | None) -> Any:
     """The collection's model; once it has a manifest, on the engine that encoded it (a query
     or an added photo is encoded like the items already there)."""
-    from contrahash.model import load_trained
+    from contrahash.models.model import load_trained
 
     cfg, model = load_trained(directory / "model", device)
     if (directory / MANIFEST).is_file() and model.engine is None:
@@ -703,7 +703,7 @@ def _check_backend(backend: dict[str, Any] | None) -> dict[str, Any]:
     if backend["kind"] == "milvus" and not backend.get("uri"):
         raise CollectionError("--backend milvus needs --milvus-uri (a .db file or http://host:port)")
     if backend["kind"] == "milvus":
-        from contrahash.milvus import check_backend, index_options
+        from contrahash.retrieval.milvus import check_backend, index_options
 
         backend.setdefault("collection", "contrahash")
         options = index_options(backend)  # unreachable server / bad options: before any write
@@ -716,7 +716,7 @@ def _check_backend(backend: dict[str, Any] | None) -> dict[str, Any]:
 def _reachable(manifest: dict[str, Any]) -> dict[str, Any]:
     """``manifest``, after checking that its Milvus server answers (before any write)."""
     if manifest["backend"]["kind"] == "milvus":
-        from contrahash.milvus import check_backend, index_options
+        from contrahash.retrieval.milvus import check_backend, index_options
 
         check_backend(manifest["backend"]["uri"], **index_options(manifest["backend"]))
     return manifest
@@ -727,7 +727,7 @@ def _milvus_apply(backend: dict[str, Any], bits: list[int], codes: dict[int, np.
     """Mirror one commit in Milvus: delete every id about to be written or removed (Milvus
     does not keep primary keys unique, and a re-run after a crash must not duplicate), then
     insert."""
-    from contrahash.milvus import MilvusIndex, index_options
+    from contrahash.retrieval.milvus import MilvusIndex, index_options
 
     drop = sorted({int(i) for i in ids.tolist()} | {int(i) for i in removed})
     for k in bits:
@@ -811,7 +811,7 @@ class Collection:
 
     # -- loading --------------------------------------------------------------------------
     def _load(self, manifest: dict[str, Any]) -> _Snapshot:
-        from contrahash.index import HammingIndex
+        from contrahash.retrieval.index import HammingIndex
 
         segments = manifest["segments"]
         removed = np.asarray(sorted(manifest.get("removed", [])), dtype=np.int64)
@@ -877,7 +877,7 @@ class Collection:
     def _milvus_indexes(self, manifest: dict[str, Any]) -> dict[int, Any]:
         """The Milvus collections of ``manifest``: the connections already open are kept (a
         reload sees what ``index add`` inserted through them), the others opened."""
-        from contrahash.milvus import MilvusIndex, index_options
+        from contrahash.retrieval.milvus import MilvusIndex, index_options
 
         backend = manifest["backend"]
         previous = getattr(self, "_snapshot", None)
@@ -1023,7 +1023,7 @@ class Collection:
 
     def codes_of(self, ids: Sequence[int], bits: int) -> np.ndarray:
         """Stored items' ±1 codes."""
-        from contrahash.hamming import unpack_codes
+        from contrahash.retrieval.hamming import unpack_codes
 
         self._check(1, bits)
         snap = self._snapshot

@@ -9,7 +9,7 @@ transform.
 
 On the CPU, the forwards of a backbone whose weights no longer change (frozen, or read back
 by :func:`load_trained`) and the frozen prefix under a block cache run on an inference
-engine when one is installed (:mod:`contrahash.engine`; ``HashingModel.engine`` picks it,
+engine when one is installed (:mod:`contrahash.models.engine`; ``HashingModel.engine`` picks it,
 :attr:`HashingModel.engine_name` says which one encodes).
 """
 
@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from contrahash.config import TrainConfig, resolve_config
-from contrahash.features import autocast_dtype, default_eval_batch_size, extract_features
 from contrahash.methods.base import HashMethod
+from contrahash.models.features import autocast_dtype, default_eval_batch_size, extract_features
 
 __all__ = ["HashingModel", "build_model", "encode_features", "load_trained", "select_device"]
 
@@ -57,7 +57,7 @@ class HashingModel:
     channels_last: bool = True
     eval_batch_size: int = 64
     #: the requested inference engine ("auto", "torch", "openvino", "onnxruntime"); None:
-    #: the process default (:func:`contrahash.engine.default_engine`)
+    #: the process default (:func:`contrahash.models.engine.default_engine`)
     engine: str | None = None
     #: where compiled exports are cached (a run's or a collection's ``engine/``); None: the
     #: user cache's ``engines/``
@@ -97,7 +97,7 @@ class HashingModel:
 
     # -- the inference engine ------------------------------------------------------------
     def compiled(self, part: tuple[Any, ...]) -> Any:
-        """The engine-compiled ``part`` of the backbone (:class:`~contrahash.engine.CompiledPart`:
+        """The engine-compiled ``part`` of the backbone (:class:`~contrahash.models.engine.CompiledPart`:
         ``("features",)``, ``("tokens",)`` or ``("blocks", n)`` for the frozen prefix below the
         last n blocks), or None where torch runs it: CUDA, ``engine="torch"``, no engine
         installed, weights that still train, or a failed export (one warning). Compiled once
@@ -108,8 +108,8 @@ class HashingModel:
             return self._compiled[part]
 
     def _compile(self, part: tuple[Any, ...]) -> Any:
-        from contrahash.engine import compile_part, resolve_engine
-        from contrahash.features import default_cache_dir
+        from contrahash.models.engine import compile_part, resolve_engine
+        from contrahash.models.features import default_cache_dir
 
         backbone = self.backbone
         if part[0] == "blocks":
@@ -145,7 +145,7 @@ class HashingModel:
 
     def test_transform(self) -> Callable[..., torch.Tensor]:
         """The test-time transform: resize to the input resolution (no augmentation)."""
-        from contrahash.augment import test_transform
+        from contrahash.data.augment import test_transform
 
         size = self.image_size
         return lambda x: test_transform(x, size)
@@ -169,7 +169,7 @@ class HashingModel:
     def encode_images(self, images: Sequence[np.ndarray]) -> dict[int, np.ndarray]:
         """±1 int8 codes of decoded images (uint8 [H, W, 3], any sizes): the same transform,
         forward, precision and rounding as :meth:`extract` + :meth:`encode` on a dataset."""
-        from contrahash.features import backbone_inputs, backbone_outputs
+        from contrahash.models.features import backbone_inputs, backbone_outputs
 
         if not len(images):
             return {k: np.zeros((0, k), dtype=np.int8) for k in self.method.bits}
@@ -211,8 +211,8 @@ class HashingModel:
 
 def build_model(cfg: TrainConfig, device: torch.device) -> HashingModel:
     """Backbone and method of ``cfg`` on ``device`` (initialised from ``cfg.seed``)."""
-    from contrahash.backbones import build_backbone
     from contrahash.methods import METHODS, build_method
+    from contrahash.models.backbones import build_backbone
 
     if cfg.method not in METHODS:
         build_method(cfg.method, 1, cfg.bits)  # raises the "unknown method" message
@@ -239,7 +239,7 @@ def build_model(cfg: TrainConfig, device: torch.device) -> HashingModel:
 def load_trained(run_dir: str | os.PathLike, device: str | None = None
                  ) -> tuple[TrainConfig, HashingModel]:
     """A finished run's config and model (weights from model.safetensors), ready to encode."""
-    from contrahash.rundir import RunDirectory
+    from contrahash.training.rundir import RunDirectory
 
     run = RunDirectory(run_dir)
     if not run.is_run():

@@ -3,7 +3,7 @@
 The protocol's queries against its database give the published number; ``evaluate_on:
 val`` evaluates the validation images carved from the database against the rest of it
 (for tuning without ever looking at the queries). Metrics are those of
-:mod:`contrahash.metrics` (``docs/metrics.md``).
+:mod:`contrahash.evaluation.metrics` (``docs/metrics.md``).
 
 A dataset without labels (a photo library) has no mAP: a number computed against folder
 names would mean nothing. It gets a label-free figure instead, *augmented-view
@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from contrahash.model import HashingModel
+from contrahash.models.model import HashingModel
 from contrahash.progress import Progress, ProgressCallback, as_progress
-from contrahash.rundir import RunDirectory
+from contrahash.training.rundir import RunDirectory
 
 __all__ = ["evaluate", "evaluate_run", "evaluation_sets", "self_retrieval"]
 
@@ -54,7 +54,7 @@ def evaluate(model: HashingModel, features: Callable[[np.ndarray], np.ndarray], 
     backbone outputs), save the codes in ``run`` when given, compute every metric per code
     length. Without labels (``labels`` has no columns) the label-free figure is computed
     instead, from ``views`` (dataset indices → backbone outputs of fresh augmented views)."""
-    from contrahash.metrics import bit_statistics, retrieval_report
+    from contrahash.evaluation.metrics import bit_statistics, retrieval_report
 
     if labels.shape[1] == 0:
         if views is None:
@@ -107,7 +107,7 @@ def _evaluate_unlabelled(model: HashingModel, features: Callable[[np.ndarray], n
                          views: Callable[[np.ndarray], np.ndarray], split: Any, *,
                          method_name: str, run: RunDirectory | None,
                          progress: Progress | ProgressCallback | None) -> dict[str, Any]:
-    from contrahash.metrics import bit_statistics
+    from contrahash.evaluation.metrics import bit_statistics
 
     database = np.union1d(split.query, split.database)  # every image of the split
     rng = np.random.default_rng(split.seed)
@@ -136,7 +136,7 @@ def _evaluate_unlabelled(model: HashingModel, features: Callable[[np.ndarray], n
 def evaluate_run(run_dir: str | os.PathLike, topk: int | None = None) -> dict[str, Any]:
     """Metrics of a finished run from its saved codes (no model needed); the label-free
     figure for a run on unlabelled images."""
-    from contrahash.metrics import retrieval_report
+    from contrahash.evaluation.metrics import retrieval_report
 
     run = RunDirectory(run_dir)
     code_files = run.code_files()

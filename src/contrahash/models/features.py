@@ -115,7 +115,7 @@ def backbone_outputs(backbone: Any, x: torch.Tensor, device: torch.device, *, am
     """Backbone outputs of prepared inputs ``x`` as float16 rows (what caches store and what
     codes are computed from): the one forward of extraction, encoding and query encoding.
 
-    ``engine`` (a compiled frozen forward, :mod:`contrahash.engine`) replaces the torch
+    ``engine`` (a compiled frozen forward, :mod:`contrahash.models.engine`) replaces the torch
     forward when given; it takes the same normalised inputs as float32 NCHW.
     """
     if engine is not None:
@@ -250,7 +250,7 @@ class FeatureCache:
         pieces fill a growing prefix of rows, so an interrupted computation restarts at the
         first missing piece).
 
-        With a distributed context of several processes (:mod:`contrahash.distributed`)
+        With a distributed context of several processes (:mod:`contrahash.training.distributed`)
         every process computes the pieces ``p ≡ rank (mod world)`` at the same time, the
         pieces travel to rank 0 (broadcasts, so any file system will do), and rank 0 writes
         the array — N processes build it about N times faster. A distributed computation that
@@ -273,7 +273,7 @@ class FeatureCache:
                           dtype: Any) -> np.ndarray:
         import torch.distributed as dist
 
-        from contrahash.distributed import share_pieces
+        from contrahash.training.distributed import share_pieces
 
         final = self.path(parts)
         found = torch.tensor(int(ctx.is_main and final.exists()

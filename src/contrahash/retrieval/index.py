@@ -1,16 +1,16 @@
 """An exact Hamming-distance index over binary codes, and its file format.
 
-Codes are packed as :mod:`contrahash.hamming` describes (bit ``j`` in byte ``j // 8``,
+Codes are packed as :mod:`contrahash.retrieval.hamming` describes (bit ``j`` in byte ``j // 8``,
 big-endian within a byte, zero padding bits).
 
 Ranking
 -------
 Every search is exact and ranks the database by ``(Hamming distance, insertion position)``:
 ties are broken by the order in which items were added, on every backend. This is the same
-ranking as :mod:`contrahash.metrics` uses (stable sort), so an index search and an evaluation
+ranking as :mod:`contrahash.evaluation.metrics` uses (stable sort), so an index search and an evaluation
 always agree on which items come first. faiss' ``IndexBinaryFlat`` heap keeps the smallest
 ``(distance, position)`` pairs; that behaviour is checked once per process on tie-heavy data
-(:func:`contrahash.hamming.faiss_orders_ties_by_position`) and the exact numpy kernel takes
+(:func:`contrahash.retrieval.hamming.faiss_orders_ties_by_position`) and the exact numpy kernel takes
 over if a faiss build ever disagrees.
 
 File format (one format for every backend, little-endian)
@@ -44,7 +44,8 @@ from typing import Any
 
 import numpy as np
 
-from contrahash.hamming import (
+from contrahash.io import atomic_write
+from contrahash.retrieval.hamming import (
     MAX_BITS,
     PackedDatabase,
     check_bits,
@@ -63,7 +64,6 @@ from contrahash.hamming import (
     torch_topk,
     unpack_codes,
 )
-from contrahash.io import atomic_write
 
 __all__ = [
     "HammingIndex",

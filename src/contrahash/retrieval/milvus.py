@@ -3,7 +3,7 @@
 Install with ``pip install 'contrahash[milvus]'`` (pymilvus 2.5 and milvus-lite 2.5.1; the
 3.x milvus-lite releases dropped binary vectors).
 
-``MilvusIndex`` mirrors :class:`contrahash.index.HammingIndex` (``add``, ``search``, ``len``;
+``MilvusIndex`` mirrors :class:`contrahash.retrieval.index.HammingIndex` (``add``, ``search``, ``len``;
 and ``remove``) but keeps the codes in a Milvus collection:
 
 * ``uri="path/codes.db"``: an embedded Milvus Lite database in one local file (a server
@@ -17,7 +17,7 @@ Storage
 -------
 One collection per index: an ``INT64`` primary key ``id`` (the item id, not auto-generated)
 and a ``BINARY_VECTOR`` field ``code`` searched with the ``HAMMING`` metric. The vector holds
-the packed code (:func:`contrahash.index.pack_codes`: big-endian bits within a byte). Milvus
+the packed code (:func:`contrahash.retrieval.index.pack_codes`: big-endian bits within a byte). Milvus
 needs a binary dimension that is a multiple of 8, so a ``bits``-bit code is stored as a
 ``8 * ceil(bits / 8)``-dimensional vector whose trailing padding bits are zero: zero padding
 changes no Hamming distance. The true ``bits`` is recorded in the collection's description
@@ -74,7 +74,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from contrahash.index import (
+from contrahash.retrieval.index import (
     codes_as_packed,
     item_ids,
     search_frame,

@@ -1,9 +1,9 @@
 """The training loop, at the top of the run's pieces: what ``contrahash train`` calls.
 
 :func:`train_run` assembles a run from its pieces — the run directory
-(:mod:`contrahash.rundir`), the model (:mod:`contrahash.model`), the feature provider
-(:mod:`contrahash.providers`), neighbour mining (:mod:`contrahash.neighbours`) and the
-evaluator (:mod:`contrahash.evaluation`) — and drives the one epoch loop,
+(:mod:`contrahash.training.rundir`), the model (:mod:`contrahash.models.model`), the feature provider
+(:mod:`contrahash.training.providers`), neighbour mining (:mod:`contrahash.training.neighbours`) and the
+evaluator (:mod:`contrahash.evaluation.evaluate`) — and drives the one epoch loop,
 :func:`train_epochs`, which :func:`train_on_features` (heads on in-memory features) uses too.
 
 Every epoch draws its randomness from generators seeded by ``(seed, epoch)`` and a checkpoint
@@ -27,14 +27,19 @@ import numpy as np
 import torch
 
 from contrahash.config import TrainConfig, expand_source, folder_labels
-from contrahash.distributed import BatchGroup, context, global_batchnorm
-from contrahash.features import FeatureCache
 from contrahash.methods.base import HashMethod, OptimSpec, StepInfo
-from contrahash.model import HashingModel, build_model, select_device
-from contrahash.neighbours import NeighbourMining
+from contrahash.models.features import FeatureCache
+from contrahash.models.model import HashingModel, build_model, select_device
 from contrahash.progress import Progress, ProgressCallback, as_progress
-from contrahash.providers import Epoch, FeatureProvider, feature_view_batches, make_provider
-from contrahash.rundir import RunDirectory, RunStateError
+from contrahash.training.distributed import BatchGroup, context, global_batchnorm
+from contrahash.training.neighbours import NeighbourMining
+from contrahash.training.providers import (
+    Epoch,
+    FeatureProvider,
+    feature_view_batches,
+    make_provider,
+)
+from contrahash.training.rundir import RunDirectory, RunStateError
 
 __all__ = [
     "RunResult",
@@ -311,7 +316,7 @@ def train_run(
 
     ``resume=True`` continues the run in ``run_dir`` from its last checkpoint with its own
     config.yaml (``cfg`` is ignored); ``resume_overrides`` may change what a resume can honour
-    (:data:`~contrahash.rundir.RESUME_OVERRIDES`, e.g. ``optim.epochs=60`` to train a finished
+    (:data:`~contrahash.training.rundir.RESUME_OVERRIDES`, e.g. ``optim.epochs=60`` to train a finished
     run longer). A finished run is not recomputed: its results are returned (``reused``).
     A resume refuses another thread count than the run's (results at one seed depend on it)
     unless ``allow_thread_change``. ``shared_cache`` lets several runs share one feature
@@ -348,8 +353,8 @@ class Trainer:
     def setup(self) -> None:
         """Seeds, device, dataset, split, model, feature provider; environment.json."""
         from contrahash.data import load_source
+        from contrahash.data.protocols import split_for_run
         from contrahash.environment import environment_info
-        from contrahash.protocols import split_for_run
         from contrahash.runtime import tune_cpu_allocator
 
         cfg = self.cfg
@@ -427,8 +432,8 @@ class Trainer:
         from contextlib import nullcontext
 
         from contrahash.config import resolve_config
-        from contrahash.distributed import init_from_env
         from contrahash.locks import DirectoryLock
+        from contrahash.training.distributed import init_from_env
 
         if self.resume and not self.run.path.is_dir():
             raise FileNotFoundError(f"--resume: {self.run.path} does not exist")
@@ -499,8 +504,8 @@ class Trainer:
         return RunResult(self.run.path, results, logs, train_seconds, results["images_per_second"])
 
     def evaluate(self) -> dict[str, Any]:
-        """Encode, save the codes, compute the metrics (see :mod:`contrahash.evaluation`)."""
-        from contrahash.evaluation import evaluate
+        """Encode, save the codes, compute the metrics (see :mod:`contrahash.evaluation.evaluate`)."""
+        from contrahash.evaluation.evaluate import evaluate
 
         return evaluate(self.model, self.provider.test_features, self.dataset.labels, self.split,
                         self.cfg.evaluate_on, method_name=self.cfg.method, run=self.run,

@@ -11,7 +11,7 @@ A provider serves three consumers with one interface:
 * evaluation: :meth:`FeatureProvider.test_features` (the current backbone, test transform).
 
 :class:`CachedViews` (frozen backbone): V augmented views of every training image are computed
-once into the memory-mapped :class:`~contrahash.features.FeatureCache` and each step draws
+once into the memory-mapped :class:`~contrahash.models.features.FeatureCache` and each step draws
 distinct cached views per image; with several augmentation recipes (HARR) view position p
 only draws columns of recipe ``p % recipes``. :class:`EndToEnd` (fine-tuned backbone, or the
 cache switched off): each step augments uint8 images and runs the backbone.
@@ -29,12 +29,12 @@ import numpy as np
 import torch
 
 from contrahash.config import TrainConfig
-from contrahash.distributed import context
-from contrahash.features import FeatureCache, autocast_for, backbone_inputs
 from contrahash.methods.base import NeighbourSpec
-from contrahash.model import HashingModel
-from contrahash.neighbours import MinedNeighbours, draw_neighbours
+from contrahash.models.features import FeatureCache, autocast_for, backbone_inputs
+from contrahash.models.model import HashingModel
 from contrahash.progress import Progress, ProgressCallback, as_progress
+from contrahash.training.distributed import context
+from contrahash.training.neighbours import MinedNeighbours, draw_neighbours
 
 __all__ = [
     "Batch",
@@ -157,8 +157,8 @@ class FeatureProvider:
     def evaluation_views(self, indices: np.ndarray) -> np.ndarray:
         """Backbone outputs (current backbone) of one fresh augmented view of each image: the
         fixed ``contrastive`` recipe with its own seed, never a cached training view (the
-        label-free evaluation, :func:`contrahash.evaluation.self_retrieval`)."""
-        from contrahash.augment import view_augmenters
+        label-free evaluation, :func:`contrahash.evaluation.evaluate.self_retrieval`)."""
+        from contrahash.data.augment import view_augmenters
 
         augmenter = view_augmenters("contrastive", self.model.image_size, 1)[0]
         gen = torch.Generator(device=self.generator_device()).manual_seed(
@@ -171,7 +171,7 @@ class FeatureProvider:
         """A cached ``[n_train, V, *item_shape]`` array: view j of every training image made
         with recipe ``j mod`` the method's recipes, by its own generator seeded from
         ``(seed, j)``; ``compute(augmenter, generator, on_batch)`` gives one view's rows."""
-        from contrahash.augment import view_augmenters
+        from contrahash.data.augment import view_augmenters
 
         method, cfg = self.model.method, self.cfg
         v = cfg.cache.views
@@ -221,7 +221,7 @@ class FeatureProvider:
         extracting a share of the rows."""
         if self.ctx.world_size == 1:
             return self.extract(indices, phase=phase)
-        from contrahash.distributed import share_pieces
+        from contrahash.training.distributed import share_pieces
 
         shape = (len(indices), *self.probe_shape())
         out = np.empty(shape, dtype=np.float16)
@@ -328,7 +328,7 @@ class EndToEnd(FeatureProvider):
 
     def image_forward(self, generator: torch.Generator) -> Forward:
         """Augment each view, run the backbone once on all views, split the outputs."""
-        from contrahash.augment import view_augmenters
+        from contrahash.data.augment import view_augmenters
 
         method = self.model.method
         augmenters = [with_overrides(a, self.cfg.augment) for a in
@@ -344,10 +344,10 @@ class BlockCache(FeatureProvider):
     """Fine-tuning the last N blocks from cached block inputs (``cache.mode: blocks``).
 
     The frozen part of the backbone runs once: the activation entering the first trainable
-    block (:meth:`~contrahash.backbones.Backbone.block_input`) is cached, float16 and
+    block (:meth:`~contrahash.models.backbones.Backbone.block_input`) is cached, float16 and
     memory-mapped, for V augmented views of every training image and for every evaluated
     image (un-augmented). Training then runs only the last N blocks and the head
-    (:meth:`~contrahash.backbones.Backbone.forward_from`) on V fixed views per image — the
+    (:meth:`~contrahash.models.backbones.Backbone.forward_from`) on V fixed views per image — the
     feature cache's approximation, one level down; features for evaluation, ``fit`` and
     neighbour mining run the current last N blocks on the cached clean inputs.
     """
@@ -364,7 +364,7 @@ class BlockCache(FeatureProvider):
     def _prefix(self, indices: np.ndarray, transform: Any, generator: torch.Generator | None,
                 on_batch: Callable[[int], None]) -> np.ndarray:
         """Block inputs (float16) of ``images[indices]`` under ``transform``."""
-        from contrahash.features import autocast_for
+        from contrahash.models.features import autocast_for
 
         model, backbone = self.model, self.model.backbone
         images = self.images()
@@ -424,7 +424,7 @@ class BlockCache(FeatureProvider):
     def _suffix(self, blocks: torch.Tensor, rows: np.ndarray, chunk: int = 256) -> np.ndarray:
         """Features of cached block inputs ``blocks[rows]`` through the current last N blocks
         (eval mode), gathered chunk by chunk."""
-        from contrahash.features import autocast_for
+        from contrahash.models.features import autocast_for
 
         model, backbone = self.model, self.model.backbone
         was_training = backbone.training
@@ -459,7 +459,7 @@ class BlockCache(FeatureProvider):
                 features = self.clean_features(indices)
                 phase.advance(len(indices))
             return features
-        from contrahash.distributed import share_pieces
+        from contrahash.training.distributed import share_pieces
 
         first = self.clean_features(indices[:1])  # the feature shape
         out = np.empty((len(indices), *first.shape[1:]), dtype=np.float16)
@@ -497,7 +497,7 @@ class BlockCache(FeatureProvider):
         backbone, blocks, device = model.backbone, self.blocks, model.device
 
         def forward(views: list[torch.Tensor]) -> list[torch.Tensor]:
-            from contrahash.features import autocast_for
+            from contrahash.models.features import autocast_for
 
             a = torch.cat(views).to(device)
             if model.channels_last and a.dim() == 4:
@@ -630,7 +630,7 @@ def with_overrides(augmenter: Any, overrides: dict[str, Any]) -> Any:
     """The augmenter with the config's ``augment`` overrides applied."""
     if not overrides:
         return augmenter
-    from contrahash.augment import BatchAugment
+    from contrahash.data.augment import BatchAugment
 
     return BatchAugment(augmenter.recipe, augmenter.size, **overrides)
 

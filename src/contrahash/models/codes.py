@@ -4,7 +4,7 @@ Codes travel through the library in one of two forms:
 
 * ``±1`` float/int tensors or arrays of shape ``[n, k]`` (what the methods produce), and
 * packed ``uint8`` bit arrays of shape ``[n, ceil(k/8)]`` (what the index stores;
-  see :func:`contrahash.index.pack_codes`).
+  see :func:`contrahash.retrieval.index.pack_codes`).
 """
 
 from __future__ import annotations

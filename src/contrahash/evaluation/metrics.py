@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from contrahash.hamming import (
+from contrahash.retrieval.hamming import (
     PackedDatabase,
     code_bits,
     hamming_distance_rows,

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from contrahash.config import expand_source
-from contrahash.model import HashingModel, load_trained
+from contrahash.models.model import HashingModel, load_trained
 from contrahash.progress import Progress, ProgressCallback, as_progress
 
 __all__ = ["encode_dataset", "encode_run"]
@@ -25,7 +25,7 @@ def encode_dataset(model: HashingModel, images: Any, indices: np.ndarray | None 
     """±1 int8 codes per code length of ``images[indices]`` (all images by default), in
     chunks so that features never all sit in memory at once. In a distributed job every
     process encodes a share of the chunks and every process receives all codes."""
-    from contrahash.distributed import context, share_pieces
+    from contrahash.training.distributed import context, share_pieces
 
     indices = np.arange(len(images)) if indices is None else np.asarray(indices, dtype=np.int64)
     bits = model.method.bits

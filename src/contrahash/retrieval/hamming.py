@@ -6,7 +6,7 @@ in the last byte are zero, so Hamming distances between packed rows equal those 
 original codes. A code bit is 1 for a ``+1`` (±1 codes), a ``1`` ({0,1} codes) or ``True``.
 
 Ranking: every kernel here ranks a database by ``(Hamming distance, position)`` — ties are
-broken by position (a stable order). :mod:`contrahash.index` and :mod:`contrahash.metrics`
+broken by position (a stable order). :mod:`contrahash.retrieval.index` and :mod:`contrahash.evaluation.metrics`
 both rank this way, so a search and an evaluation always agree on which items come first
 (``docs/metrics.md``).
 
@@ -91,7 +91,7 @@ def code_bits(codes: Any, name: str = "codes") -> np.ndarray:
     raise ValueError(
         f"{name} must hold ±1, {{0,1}} or bool values (one convention per array); "
         f"found values such as {sample.tolist()}. Binarise first, e.g. with "
-        "contrahash.codes.sign()."
+        "contrahash.models.codes.sign()."
     )
 
 
@@ -128,7 +128,7 @@ def check_packed(packed: Any, bits: int, name: str = "packed codes") -> np.ndarr
     if spare and p.shape[0] and np.any(p[:, -1] & np.uint8((1 << spare) - 1)):
         raise ValueError(
             f"{name}: the {spare} padding bit(s) after bit {bits} must be zero "
-            "(pack with contrahash.index.pack_codes, or check --bits)"
+            "(pack with contrahash.retrieval.index.pack_codes, or check --bits)"
         )
     return np.ascontiguousarray(p)
 
