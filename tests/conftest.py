@@ -7,18 +7,49 @@
   its files under the run's temporary directory, stopped by its pid at the end. Without the
   package the tests that use it skip, except under ``CI=true`` (``make`` installs the extra
   there), where they fail.
+
+Plain helpers that several test files use (imported with ``from conftest import …``):
+:func:`free_port` and :func:`ref_by_id`, the brute-force reference of every index backend.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
 from collections.abc import Iterator
 
+import numpy as np
 import pytest
 
 TEST_SERVER_SETTINGS = {"proxy.timeTickInterval": 50, "queryCoord.checkInterval": 200,
                         "queryCoord.distPullInterval": 100, "common.session.ttl": 8}
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (the OS picks it; a server binds it next)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ref_by_id(db: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Brute force over bool codes, ranked by (distance, id), padded like faiss.
+
+    ``db`` and ``queries`` are bool arrays (n, bits), ``ids`` the external id of each row of
+    ``db``; returns int32 distances and int64 ids of shape (len(queries), k), with
+    ``PAD_DISTANCE`` and -1 where fewer than ``k`` items exist.
+    """
+    from contrahash.retrieval.index import PAD_DISTANCE
+
+    d = (queries[:, None, :] != db[None, :, :]).sum(-1)
+    order = np.lexsort((np.broadcast_to(ids, d.shape), d), axis=1)[:, :k]
+    dist = np.full((len(queries), k), PAD_DISTANCE, dtype=np.int32)
+    out = np.full((len(queries), k), -1, dtype=np.int64)
+    dist[:, : order.shape[1]] = np.take_along_axis(d, order, 1)
+    out[:, : order.shape[1]] = ids[order]
+    return dist, out
 
 
 def _missing(reason: str) -> None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import socket
 import tempfile
 import threading
 import time
@@ -35,6 +34,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from conftest import free_port
 from contrahash.serve.types import Hit, InvalidImageError, Item
 
 SCRIPT_NAME = "<script>alert(1)</script>.jpg"
@@ -294,13 +294,6 @@ def _rank(queries: np.ndarray, db: np.ndarray, k: int, removed: frozenset[int] =
 
 
 # ----------------------------------------------------------------------------- a real server
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager

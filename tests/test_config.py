@@ -265,3 +265,38 @@ def test_shipped_configs_resolve_as_before_extends():
         got = config_to_dict(resolve_config(ROOT / "configs" / name))
         assert got == _expected(dotted), name
         assert "extends" in (ROOT / "configs" / name).read_text()  # they do share the bases
+
+
+@pytest.mark.parametrize("value", [None, "", "custom"])
+def test_features_data_and_engines_share_one_cache_folder(tmp_path, monkeypatch, value):
+    """``CONTRAHASH_CACHE`` unset or empty means ~/.cache/contrahash for every cache alike."""
+    from contrahash.data import default_cache_dir as data_cache_dir
+    from contrahash.models.engine import _folders as engine_folders
+    from contrahash.models.features import FeatureCache
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    if value is None:
+        monkeypatch.delenv("CONTRAHASH_CACHE", raising=False)
+    else:
+        monkeypatch.setenv("CONTRAHASH_CACHE", str(tmp_path / value) if value else "")
+    expected = tmp_path / value if value else tmp_path / "home" / ".cache" / "contrahash"
+    assert data_cache_dir() == expected
+    assert FeatureCache().root == expected / "features"
+    assert engine_folders(tmp_path / 'run')[-1] == expected / "engines"
+    assert not (tmp_path / "features").exists()  # never the current directory
+
+
+def test_one_code_length_limit_for_configs_kernels_and_indexes():
+    from contrahash.config import MAX_BITS
+    from contrahash.retrieval.hamming import check_bits
+    from contrahash.retrieval.index import HammingIndex
+
+    assert check_bits(MAX_BITS) == MAX_BITS
+    resolve_config(None, [f"bits=[{MAX_BITS}]"])
+    with pytest.raises(ValueError, match=f"1..{MAX_BITS}"):
+        check_bits(MAX_BITS + 1)
+    with pytest.raises(ConfigError, match=f"1..{MAX_BITS}"):
+        resolve_config(None, [f"bits=[{MAX_BITS + 1}]"])
+    with pytest.raises(ValueError, match=f"1..{MAX_BITS}"):
+        HammingIndex(MAX_BITS + 1)

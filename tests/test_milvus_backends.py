@@ -15,6 +15,8 @@ import warnings
 import numpy as np
 import pytest
 
+from conftest import ref_by_id
+
 pytest.importorskip("pymilvus", reason="MilvusIndex needs pip install 'contrahash[milvus]'")
 faiss = pytest.importorskip("faiss", reason="the reference is faiss' IndexBinaryFlat")
 
@@ -65,18 +67,6 @@ def faiss_flat(packed: np.ndarray) -> object:
     index = faiss.IndexBinaryFlat(packed.shape[1] * 8)
     index.add(packed)
     return index
-
-
-def ref_by_id(db: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int
-              ) -> tuple[np.ndarray, np.ndarray]:
-    """Brute force over bool codes, ranked by (distance, id), padded like faiss."""
-    d = (queries[:, None, :] != db[None, :, :]).sum(-1)
-    order = np.lexsort((np.broadcast_to(ids, d.shape), d), axis=1)[:, :k]
-    dist = np.full((len(queries), k), PAD_DISTANCE, dtype=np.int32)
-    out = np.full((len(queries), k), -1, dtype=np.int64)
-    dist[:, : order.shape[1]] = np.take_along_axis(d, order, 1)
-    out[:, : order.shape[1]] = ids[order]
-    return dist, out
 
 
 def assert_same(ours: tuple[np.ndarray, np.ndarray], ref: tuple[np.ndarray, np.ndarray]) -> None:

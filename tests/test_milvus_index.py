@@ -19,6 +19,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import free_port, ref_by_id
+
 pytest.importorskip("pymilvus", reason="MilvusIndex needs pip install 'contrahash[milvus]'")
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
@@ -50,24 +52,6 @@ def assert_same(ours: tuple[np.ndarray, np.ndarray], ref: tuple[np.ndarray, np.n
     assert d.dtype == np.int32 and i.dtype == np.int64
     np.testing.assert_array_equal(d, d_ref)
     np.testing.assert_array_equal(i, i_ref)
-
-
-def ref_by_id(db: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int
-              ) -> tuple[np.ndarray, np.ndarray]:
-    """Brute force over bool codes, ranked by (distance, id), with faiss-style padding."""
-    d = (queries[:, None, :] != db[None, :, :]).sum(-1)
-    order = np.lexsort((np.broadcast_to(ids, d.shape), d), axis=1)[:, :k]
-    dist = np.full((len(queries), k), PAD_DISTANCE, dtype=np.int32)
-    out = np.full((len(queries), k), -1, dtype=np.int64)
-    dist[:, : order.shape[1]] = np.take_along_axis(d, order, 1)
-    out[:, : order.shape[1]] = ids[order]
-    return dist, out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -303,8 +303,10 @@ def resolve_config(
         raise ConfigError(f"{where}{exc}") from None
 
 
-#: the longest code length a config may ask for: a 4096-bit code is already 512 bytes per
-#: image, as large as the float features it replaces; longer codes are not hashing
+#: the longest code length anywhere in the package: configs, the CPU kernels and the index
+#: files all check against this one value. A 4096-bit code is already 512 bytes per image, as
+#: large as the float features it replaces, so longer codes are not hashing; the kernels, which
+#: hold distances as uint16, would allow up to 65535 and so never are the tighter limit.
 MAX_BITS = 4096
 OPTIM_NAMES = ("adam", "sgd")
 SCHEDULES = ("constant", "cosine")

@@ -1,4 +1,5 @@
-"""Small file helpers: every write is atomic (temp file in the same folder + os.replace)."""
+"""Small file helpers: every write is atomic (temp file in the same folder + os.replace), and
+the one place that says where the user cache lives (:func:`default_cache_dir`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+
+def default_cache_dir() -> Path:
+    """The user cache (decoded datasets, feature caches, compiled engines): ``$CONTRAHASH_CACHE``,
+    or ``~/.cache/contrahash`` when that is unset or empty.
+
+    An empty value counts as unset, as a shell's ``CONTRAHASH_CACHE=`` usually means "no
+    override": reading it as the current directory would scatter caches wherever a command
+    happens to run. Every cache of the package asks this one function.
+    """
+    return Path(os.environ.get("CONTRAHASH_CACHE") or Path.home() / ".cache" / "contrahash")
 
 
 def atomic_write(path: str | os.PathLike, writer: Callable[[Any], None], mode: str = "wb") -> Path:

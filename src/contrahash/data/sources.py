@@ -58,6 +58,7 @@ from contrahash.data.images import (
     probe_image,
     resize_tensor_images,
 )
+from contrahash.io import default_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -92,11 +93,6 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".
 CIFAR_DIR = "cifar-10-batches-py"
 _CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 _CIFAR_TEST = "test_batch"
-
-
-def default_cache_dir() -> Path:
-    """``$CONTRAHASH_CACHE`` or ``~/.cache/contrahash``."""
-    return Path(os.environ.get("CONTRAHASH_CACHE") or Path.home() / ".cache" / "contrahash")
 
 
 def load_source(

@@ -430,7 +430,7 @@ def _copy_export(source: Path, target: Path, name: str, stem: str) -> None:
 
 
 def _folders(folder: Path) -> list[Path]:
-    from contrahash.models.features import default_cache_dir
+    from contrahash.io import default_cache_dir
 
     return [folder, default_cache_dir() / "engines"]
 
@@ -438,7 +438,7 @@ def _folders(folder: Path) -> list[Path]:
 def _writable(folder: Path) -> Path:
     """``folder``, or the user cache's engine folder when ``folder`` cannot be written (a
     read-only collection)."""
-    from contrahash.models.features import default_cache_dir
+    from contrahash.io import default_cache_dir
 
     try:
         folder.mkdir(parents=True, exist_ok=True)

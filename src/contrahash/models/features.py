@@ -30,14 +30,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from contrahash.io import write_json
+from contrahash.io import default_cache_dir, write_json
 
 ImageTransform = Callable[..., torch.Tensor]
-
-
-def default_cache_dir() -> Path:
-    """``$CONTRAHASH_CACHE`` or ``~/.cache/contrahash``."""
-    return Path(os.environ.get("CONTRAHASH_CACHE", Path.home() / ".cache" / "contrahash"))
 
 
 def cpu_has_native_bf16() -> bool:

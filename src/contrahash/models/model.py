@@ -108,8 +108,8 @@ class HashingModel:
             return self._compiled[part]
 
     def _compile(self, part: tuple[Any, ...]) -> Any:
+        from contrahash.io import default_cache_dir
         from contrahash.models.engine import compile_part, resolve_engine
-        from contrahash.models.features import default_cache_dir
 
         backbone = self.backbone
         if part[0] == "blocks":

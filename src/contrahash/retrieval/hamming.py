@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from contrahash.config import MAX_BITS
+
 __all__ = [
     "MAX_BITS",
     "PackedDatabase",
@@ -49,9 +51,6 @@ __all__ = [
     "torch_topk",
     "unpack_codes",
 ]
-
-#: the largest code length the CPU kernels support (they hold distances as uint16)
-MAX_BITS = 65535
 
 # --------------------------------------------------------------------------------------
 # Code conversion
