@@ -26,6 +26,7 @@ import os
 import platform
 
 import numpy as np
+from _field import field_map
 from _timing import best_time
 
 
@@ -37,30 +38,6 @@ def make_codes(n_query: int, n_db: int, bits: int, n_classes: int, flip: float, 
     codes = np.where(bits01, 1.0, -1.0).astype(np.float32)  # the field keeps float codes
     onehot = np.eye(n_classes, dtype=np.float32)[labels]
     return codes[:n_query], codes[n_query:], onehot[:n_query], onehot[n_query:]
-
-
-def field_map(q_b, r_b, q_l, r_l, topk: int, tie_free: bool = False) -> float:
-    """DeepHash-pytorch CalcTopMap (the field's per-query loop)."""
-    num_query = q_l.shape[0]
-    n_bits = r_b.shape[1]
-    tie_breaker = np.arange(r_b.shape[0]) / (2.0 * r_b.shape[0]) if tie_free else None
-    topkmap = 0.0
-    for it in range(num_query):
-        gnd = (np.dot(q_l[it, :], r_l.transpose()) > 0).astype(np.float32)
-        hamm = 0.5 * (n_bits - np.dot(q_b[it, :], r_b.transpose()))
-        if tie_breaker is not None:
-            hamm = hamm + tie_breaker
-        ind = np.argsort(hamm)
-        gnd = gnd[ind]
-        tgnd = gnd[0:topk]
-        tsum = np.sum(tgnd).astype(int)
-        if tsum == 0:
-            continue
-        count = np.linspace(1, tsum, tsum)
-        tindex = np.asarray(np.where(tgnd == 1)) + 1.0
-        topkmap += np.mean(count / tindex)
-    return topkmap / num_query
-
 
 
 def main() -> None:

@@ -30,33 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-
-# ----------------------------------------------------------------------------- the field
-def field_hamming(query: np.ndarray, database: np.ndarray) -> np.ndarray:
-    """DeepHash-style Hamming distance of one ±1 query row to all database rows (float)."""
-    k = database.shape[1]
-    return 0.5 * (k - np.dot(query, database.T))
-
-
-def field_map(query: np.ndarray, database: np.ndarray, query_labels: np.ndarray,
-              database_labels: np.ndarray, topk: int) -> float:
-    """The field's per-query mAP@K (unstable argsort, AP over relevant items in the top K)."""
-    qb, rb = query.astype(np.float32), database.astype(np.float32)
-    ql, rl = query_labels.astype(np.float32), database_labels.astype(np.float32)
-    total = 0.0
-    for i in range(qb.shape[0]):
-        gnd = (np.dot(ql[i], rl.T) > 0).astype(np.float32)
-        hamm = field_hamming(qb[i], rb)
-        ind = np.argsort(hamm)  # default kind: unstable, as in the field's code
-        tgnd = gnd[ind][:topk]
-        tsum = int(np.sum(tgnd))
-        if tsum == 0:
-            continue
-        count = np.linspace(1, tsum, tsum)
-        tindex = np.asarray(np.where(tgnd == 1)) + 1.0
-        total += float(np.mean(count / tindex))
-    return total / qb.shape[0]
+from _field import field_map
 
 
 # ----------------------------------------------------------------------------- codes
