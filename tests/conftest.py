@@ -9,7 +9,8 @@
   there), where they fail.
 
 Plain helpers that several test files use (imported with ``from conftest import …``):
-:func:`free_port` and :func:`ref_by_id`, the brute-force reference of every index backend.
+:func:`free_port`, :func:`ref_by_id` (the brute-force reference of every index backend) and
+:func:`cli_commands` (every command of the ``contrahash`` program, by its words).
 """
 
 from __future__ import annotations
@@ -50,6 +51,27 @@ def ref_by_id(db: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int
     dist[:, : order.shape[1]] = np.take_along_axis(d, order, 1)
     out[:, : order.shape[1]] = ids[order]
     return dist, out
+
+
+def cli_commands() -> dict[str, object]:
+    """Every leaf command of the ``contrahash`` program as click sees it, keyed by its words
+    (``"train"``, ``"index build"``)."""
+    import typer
+
+    from contrahash.cli import app
+
+    found: dict[str, object] = {}
+
+    def walk(command: object, words: tuple[str, ...]) -> None:
+        subcommands = getattr(command, "commands", None)
+        if subcommands is None:
+            found[" ".join(words)] = command
+            return
+        for name, sub in subcommands.items():
+            walk(sub, (*words, name))
+
+    walk(typer.main.get_command(app), ())
+    return found
 
 
 def _missing(reason: str) -> None:

@@ -50,3 +50,19 @@ def test_demo_directories_never_collide(tmp_path, monkeypatch):
     second = demo.default_demo_dir()  # same second: still a new directory
     assert first != second and not second.exists()
     assert first.parent == second.parent == Path("runs")
+
+
+def test_every_progress_option_reads_the_same():
+    """``--progress/--no-progress`` is one declaration: the same flags, default and help in
+    every command with long phases."""
+    from conftest import cli_commands
+
+    seen = {}
+    for words, command in cli_commands().items():
+        for param in command.params:
+            if param.name == "progress":
+                seen[words] = (tuple(param.opts), tuple(param.secondary_opts), param.default,
+                               param.help)
+    assert {"train", "encode", "benchmark", "index build", "index add", "index sync"} <= set(seen)
+    assert set(seen.values()) == {(("--progress",), ("--no-progress",), True,
+                                   "show progress of long phases (stderr)")}

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from contrahash.cli.common import console, invoked_command
-from contrahash.cli.progress import progress_display
+from contrahash.cli.progress import ProgressOption, progress_display
 
 
 def benchmark_command(
@@ -33,8 +33,7 @@ def benchmark_command(
         bool, typer.Option("--report-only", help="rebuild tables and plots from finished cells only")
     ] = False,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="draw PR, P@N, bit-balance PNGs")] = True,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress",
-                                           help="show progress of long phases (stderr)")] = True,
+    progress: ProgressOption = True,
 ) -> None:
     """Run a benchmark grid (resumable) and write results.md/.csv/.json, plots, environment."""
     from contrahash.bench import cell_state, default_out_dir, enumerate_cells, load_grid, run_grid

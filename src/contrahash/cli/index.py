@@ -16,6 +16,7 @@ import typer
 from rich.table import Table
 
 from contrahash.cli.common import console, fail, fmt, invoked_command, relaunch
+from contrahash.cli.progress import ProgressOption
 
 
 def load_npy(path: Path, option: str) -> np.ndarray:
@@ -264,7 +265,7 @@ def add_command(
         "--allow-duplicates", help="store images whose content is already in the collection")
         ] = False,
     labels: LabelsOption = "albums",
-    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+    progress: ProgressOption = True,
 ) -> None:
     """Append images to a collection (new ids; nothing written before changes; content that
     is already in the collection is reported, not stored twice)."""
@@ -309,7 +310,7 @@ def sync_command(
     as_json: Annotated[bool, typer.Option(
         "--json", help='print one line {"added": …, "removed": …, "changed": …, '
         '"unchanged": …}')] = False,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+    progress: ProgressOption = True,
 ) -> None:
     """Follow the collection's folders: add new photos, remove deleted ones, re-encode changed
     ones (by content: a touched but identical file is unchanged). Ids of kept items never
@@ -480,7 +481,7 @@ def build_command(
         "--milvus-nprobe", min=1, help="BIN_IVF_FLAT: clusters a search visits")] = 32,
     nproc: Annotated[int, typer.Option(
         "--nproc", min=1, help="processes sharing the encoding (torch.distributed)")] = 1,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+    progress: ProgressOption = True,
     labels: LabelsOption = "albums",
     epochs: Annotated[int | None, typer.Option(
         "--epochs", min=1, help="no RUN: training epochs (default: FDBH's 80)")] = None,

@@ -11,11 +11,18 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Any
+from typing import Annotated, Any
+
+import typer
 
 from contrahash.progress import ProgressCallback, ProgressEvent
 
-__all__ = ["progress_display"]
+__all__ = ["ProgressOption", "progress_display"]
+
+#: the ``--progress/--no-progress`` option of every command with long phases (one declaration,
+#: so its name, default and help read the same in every ``--help``)
+ProgressOption = Annotated[bool, typer.Option("--progress/--no-progress",
+                                              help="show progress of long phases (stderr)")]
 
 
 def progress_display(enabled: bool = True, stream: Any = None) -> ProgressCallback | None:

@@ -9,10 +9,7 @@ import typer
 from rich.table import Table
 
 from contrahash.cli.common import console, fail, fmt, invoked_command, relaunch
-from contrahash.cli.progress import progress_display
-
-ProgressOption = Annotated[bool, typer.Option("--progress/--no-progress",
-                                              help="show progress of long phases (stderr)")]
+from contrahash.cli.progress import ProgressOption, progress_display
 
 
 def train_command(
