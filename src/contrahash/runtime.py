@@ -1,15 +1,14 @@
 """Process-level performance settings for the CPU path: the allocator and the threads.
 
+Allocator (:func:`tune_cpu_allocator`)
+--------------------------------------
 PyTorch has no caching allocator on the CPU: every activation tensor of a forward pass is a
 fresh ``malloc``. glibc serves blocks above its mmap threshold (at most 32 MiB by default)
 with ``mmap`` and gives them back with ``munmap`` on free, so each batch faults in and zeroes
-its activations page by page again — on the 2-core host an EfficientNet-Lite0 forward at
-224 px spent more time in the kernel than in the convolutions (sys 27 s vs user 18 s at batch
-512). Raising the mmap and trim thresholds keeps freed blocks in the heap for reuse:
-measured there (bf16, batch 64) 77 → 172 img/s, and batch 512 43 → 113 img/s.
-
-The cost is that freed memory stays with the process (its resident size keeps the peak)
-instead of going back to the system. ``CONTRAHASH_MALLOC_TUNING=0`` turns it off.
+its activations page by page again, and a forward can spend more time in the kernel than in
+the convolutions. Raising the mmap and trim thresholds keeps freed blocks in the heap for
+reuse. The cost is that freed memory stays with the process (its resident size keeps the
+peak) instead of going back to the system. ``CONTRAHASH_MALLOC_TUNING=0`` turns it off.
 
 Threads (:func:`apply_thread_policy`, :func:`thread_settings`)
 -------------------------------------------------------------
@@ -19,64 +18,19 @@ OpenMP thread teams. When torch is imported first, faiss' ``omp_*``/``GOMP_*`` c
 torch's libgomp (one runtime); faiss first, two runtimes. Both read ``OMP_NUM_THREADS``,
 ``OMP_WAIT_POLICY`` and ``GOMP_SPINCOUNT`` once, when loaded. By default an idle worker
 *spins* (up to 300,000 iterations) before sleeping. Every parallel region is split statically
-over all threads, so on 2 cores shared with another CPU-bound process a region waits for its
-descheduled thread while the others spin in its way: the user report of ``contrahash demo``
-at 4 min 05 s (28.7 s with ``OMP_NUM_THREADS=1``), digits epochs alternating 0.4 s / 40 s and
-faiss ``IndexBinaryFlat`` at 1,234 vs 251 q/s.
+over all threads, so on a machine shared with another CPU-bound process a region waits for its
+descheduled thread while the others spin in its way: spinning, not the work, then dominates
+the wall time. A passive wait removes that collapse but makes every parallel region wake its
+sleeping threads through the kernel, which costs the small-op paths (head training from
+cached features, faiss search) much of their idle speed; a short spin (10,000 iterations, tens
+of microseconds) keeps both.
 
-Measured with ``benchmarks/contention.py`` (2-core VM, commit c3799e5 plus this module, every
-run niced, settings interleaved back to back, 1–3 runs each). The machine was never idle:
-other sessions kept both CPUs busy throughout ("background", /proc/stat busy = 2.0 in every
-run); "+hog" adds one ``python -c "while True: pass"``. Demo = ``contrahash demo``,
-wall seconds, one figure per run; 2 threads unless noted; the PASSIVE row's first figure is
-``OMP_WAIT_POLICY=PASSIVE`` alone, the others (and all search/EfficientNet PASSIVE figures)
-are :func:`apply_thread_policy` run before the workload's imports:
-
-==========================  ==============  ==============  ===========  ===========
-setting                     demo 5 ep bg    demo 5 ep +hog  demo 40 bg   demo 40 +hog
-==========================  ==============  ==============  ===========  ===========
-torch/OpenMP defaults       62, 248, 69     151, 305, 150   —            —
-OMP_WAIT_POLICY=PASSIVE     18, 42, 25      46, 65, 50      73           138
-GOMP_SPINCOUNT=0            18, 37, 20      54, 46, 48      —            —
-OMP_NUM_THREADS=1           14, 28, 19      42, 57, 43      50           103
-PASSIVE + 1 thread          35, 19          69, 34          —            —
-==========================  ==============  ==============  ===========  ===========
-
-``benchmarks/search_speed.py`` (1M 64-bit codes, k = 10, best of 3 rounds), faiss
-IndexBinaryFlat q/s: defaults 399/297/355 (bg), 183/160 (+hog); PASSIVE 1,073/1,107 (bg),
-1,647/865 (+hog); 1 thread 865/1,133 (bg), 819/528 (+hog). ``benchmarks/train_speed.py
---backbone efficientnet_lite0 --random-init --batch 32 --steps 2`` (224 px, CPU), train /
-encode img/s: defaults 4.8/23.4 and 6.6/13.8 (bg), 6.0/13.0 and 4.2/11.1 (+hog); PASSIVE
-19.1/33.6 and 13.4/40.4 (bg), 12.1/33.4 and 10.1/24.0 (+hog); 1 thread 15.6/39.8 and
-16.6/35.1 (bg), 8.4/14.3 and 10.0/23.5 (+hog).
-
-Reading: spinning is the collapse (3.5–9× the 1-thread time); a passive wait (or a zero spin
-count, the same thing in libgomp) removes it under load.
-
-Then on a quiet machine (this session's 2-core Intel Xeon with AMX, nothing else running;
-``benchmarks/train_speed.py --backbone efficientnet_lite0 --random-init --steps 6`` and
-``benchmarks/search_speed.py --rounds 2 --ks 10``, idle and beside one busy process):
-
-==================  ======================================  =====================================
-GOMP_SPINCOUNT      idle: train / encode / cache-head img/s  busy: train / encode / cache-head img/s
-                    faiss k=10 q/s                           faiss k=10 q/s
-==================  ======================================  =====================================
-0 (= PASSIVE)       64.0 / 133 / 4,983 — 3,075              38.0 / 70 / 3,440 — 1,801
-1,000               66.9 / 148 / 5,930 — 3,632              36.9 / 79 / 3,374 — 1,671
-10,000              74.0 / 142 / 7,191 — 3,633              33.9 / 72 / 2,158 — 1,426
-300,000 (default)   63.3 / 156 / 7,709 — 3,643              24.7 / 49 / 879 — 391
-==================  ======================================  =====================================
-
-A zero spin count costs the small-op paths a third of their idle speed (head training from
-cached features: 4,983 vs 7,709 img/s; faiss 3,075 vs 3,643 q/s) because every parallel
-region then wakes sleeping threads through the kernel; 10,000 spins (tens of microseconds)
-keep the idle speed of the default and still hold 2.5–3.6× the default's speed under load.
 Hence the default: **every CPU of the affinity mask, GOMP_SPINCOUNT=10000** — deterministic
 per machine (the thread count changes results at a fixed seed, so it must not depend on
 momentary load) — and one thread for tiny models (``contrahash demo`` runs on one unless
-asked: 25 s idle, 26 s beside a busy process, against 19 s and 240 s with the old default).
-The setting only takes effect if made before torch (and faiss) are imported;
-:func:`thread_settings` records whether it did.
+asked). The setting only takes effect if made before torch (and faiss) are imported;
+:func:`thread_settings` records whether it did. The measurements behind these choices are in
+docs/results.md ("Threads under contention", "The feature cache: cost and resolution").
 """
 
 from __future__ import annotations
@@ -330,8 +284,8 @@ def use_threads_in_this_thread(threads: int) -> None:
     of its idle workers spin only ~100 iterations before sleeping, so every parallel region
     pays kernel wake-ups. A service that encodes in one dedicated thread therefore calls this
     with its thread count there and with 1 in every other thread that may touch torch or faiss
-    (``contrahash serve``: a batch of 8 CIFAR-10 queries at 224 px, 2-core host, encoded in a
-    worker thread: 76–86 ms with a 2-thread team left in the main thread, 55–62 ms without).
+    (``contrahash serve`` does; docs/results.md measures what a team left in the main thread
+    costs the encoder thread).
 
     torch applies its last ``set_num_threads`` value to each thread on that thread's first
     parallel op, so this also performs that first-use initialisation now: a later call in

@@ -8,14 +8,14 @@ files' bytes in array order).
 
 Decoding: forked worker processes each decode a contiguous range straight into one shared
 anonymous memory map (no pickling of pixels), with torchvision's libjpeg-turbo decoder
-(about 2.5× faster than Pillow on 32×32 files) or Pillow where torchvision cannot. The parent
+(faster than Pillow on small files) or Pillow where torchvision cannot. The parent
 meanwhile checks ``files_sha256``. A worker that dies leaves its range to the parent; a file
 either decoder rejects is skipped and reported. Without ``fork`` (Windows, macOS spawn) the
 parent decodes alone.
 
 The decoded array is cached as ``<cache_dir>/decoded/<key>.npy`` (+ ``.json``), the key being
 the file's ``files_sha256`` field and size (or the sha256 of the whole file when the field is
-absent), so a second load only reads ~180 MB.
+absent), so a second load only reads the decoded array.
 """
 
 from __future__ import annotations

@@ -4,16 +4,13 @@ Training a hashing head on a frozen backbone only ever needs the backbone output
 augmented views per training image. :class:`FeatureCache` computes V views per image once
 (a memory-mapped float16 file keyed by backbone, weights, resolution, dataset fingerprint,
 augmentation and view seed) and every later run — other methods, other code lengths, other
-seeds of the head — trains from it. On the 2-core CPU this turns a CIFAR-10 experiment from
-hours into minutes.
+seeds of the head — trains from it, so a CPU experiment costs minutes instead of hours.
 
 Cost: one backbone forward per cached view, i.e. ``n_train × V`` forwards once, plus one per
-evaluated image. The forward cost grows with the square of the resolution (EfficientNet-Lite0
-is ~0.39 GFLOP at 224 px, ~0.07 at 96 px); lower resolutions are proportionally cheaper and
-weaker (CIFAR-10 ITQ mAP@1000 at 64 bits: 0.358 at 64 px, 0.535 at 224 px). On a 2-core
-AVX512-BF16 CPU (bf16 autocast, ``contrahash.runtime`` allocator tuning) CIFAR-10 at 224 px
-with 8 views, 100,000 forwards, takes about 10 minutes.
-Storage: ``n × V × d × 2`` bytes (5,000 × 8 × 1280 → 98 MiB).
+evaluated image; the forward cost grows with the square of the resolution, and lower
+resolutions are proportionally cheaper and weaker. Storage: ``n × V × d × 2`` bytes. The
+measured costs and the effect of the resolution are in docs/results.md ("The feature cache:
+cost and resolution").
 """
 
 from __future__ import annotations
@@ -38,8 +35,8 @@ ImageTransform = Callable[..., torch.Tensor]
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), where bf16 autocast pays.
 
-    On such CPUs an EfficientNet-Lite0 forward at 224 px runs about 2.4× faster under bf16
-    autocast than in fp32; elsewhere bf16 is emulated and slower, so fp32 is kept.
+    On such CPUs a forward runs several times faster under bf16 autocast than in fp32
+    (docs/results.md); elsewhere bf16 is emulated and slower, so fp32 is kept.
     ``CONTRAHASH_CPU_BF16=0`` (or ``1``) overrides the detection.
     """
     forced = os.environ.get("CONTRAHASH_CPU_BF16")
@@ -61,7 +58,7 @@ def _cpu_bf16_instructions() -> bool:
 
 def default_eval_batch_size(device: torch.device | str) -> int:
     """Images per forward for feature extraction/encoding when not configured: 512 on CUDA,
-    64 on CPU (smaller batches stay in cache there: 174 vs 113 img/s at 224 px on 2 cores)."""
+    64 on CPU (smaller batches stay in the CPU's caches: faster there, docs/results.md)."""
     return 512 if torch.device(device).type == "cuda" else 64
 
 
@@ -92,8 +89,8 @@ def backbone_inputs(
 ) -> torch.Tensor:
     """uint8 [B,H,W,3] → transformed, normalised float [B,3,S,S] on ``device``.
 
-    Channels-last when asked, on CUDA and CPU alike (oneDNN's CPU convolutions run an
-    EfficientNet-Lite0 at 224 px 1.8× faster in that layout than on a contiguous NCHW input).
+    Channels-last when asked, on CUDA and CPU alike: oneDNN's CPU convolutions are faster in
+    that layout than on a contiguous NCHW input (docs/results.md).
     """
     x = images_uint8.to(device, non_blocking=True)
     x = transform(x, generator=generator) if generator is not None else transform(x)
