@@ -1,7 +1,8 @@
 """The search service: ``contrahash serve DIR`` (FastAPI app, web page, JSON API).
 
 ``create_app(collection, settings)`` builds the app for any object satisfying
-:class:`contrahash.serve.types.Collection`; :mod:`contrahash.serve.cli` runs it with uvicorn.
+:class:`contrahash.serve.types.Collection`; the ``serve`` command (:mod:`contrahash.cli.serve`)
+runs it with uvicorn.
 FastAPI is imported only by :mod:`contrahash.serve.app`, so importing this package (or
 :mod:`contrahash.serve.types`) does not need the web dependencies.
 """

@@ -11,8 +11,8 @@ and, at every step, the last view of an image's batch slot replaced with probabi
 The latest neighbours live in the run directory's ``neighbours.npz`` (dataset indices, the
 pool, the epoch they were mined at: -1 for the frozen features), so a resumed run continues
 with the very set its checkpoint trained on. This module is the only place that mines or
-draws neighbours; the feature sources (:mod:`contrahash.sources`) turn the dataset indices
-into rows of whatever they batch.
+draws neighbours; the feature providers (:mod:`contrahash.training.providers`) turn the
+dataset indices into rows of whatever they batch.
 """
 
 from __future__ import annotations
