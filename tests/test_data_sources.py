@@ -438,12 +438,12 @@ def test_packed_decode_survives_a_dead_worker(packed_npz, monkeypatch):
 
 
 def test_large_folders_load_lazily(tmp_path, monkeypatch):
-    from contrahash.data import sources
+    from contrahash.data import folders
 
     root = tmp_path / "many"
     for i in range(10):
         _save(root / f"c{i % 2}" / f"{i}.png", _rgb(12, 12))
-    monkeypatch.setattr(sources, "LAZY_THRESHOLD", 5)
+    monkeypatch.setattr(folders, "LAZY_THRESHOLD", 5)
     ds = load_source(root)
     assert isinstance(ds.images, LazyImages) and ds.images.image_size == (256, 256)
     small = load_source(root, store_size=12)
