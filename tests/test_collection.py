@@ -184,7 +184,7 @@ def test_add_appends_without_touching_what_was_written(world, tmp_path):
 
 
 def test_an_interrupted_add_leaves_the_collection_as_it_was(world, tmp_path, monkeypatch):
-    from contrahash.retrieval import collection as module
+    from contrahash.retrieval.collection import writer as module
     out = tmp_path / "coll"
     build_collection(world["run"], str(world["packed"]), out, bits=[8])
     before = (out / "manifest.json").read_bytes()
@@ -277,5 +277,5 @@ def test_a_milvus_backed_collection_searches_like_faiss(world, built, tmp_path):
         zip(ids[0].tolist(), distances[0].tolist(), strict=True))
     remote.close()  # Milvus Lite opens its file in one process at a time
     remote.close()  # idempotent
-    from contrahash.retrieval import milvus as milvus_module
+    from contrahash.retrieval import milvus_connect as milvus_module
     assert str(tmp_path / "codes.db") not in {str(p) for p in milvus_module._lite_users}

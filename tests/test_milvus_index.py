@@ -31,6 +31,7 @@ with warnings.catch_warnings():
 faiss = pytest.importorskip("faiss", reason="the reference is faiss' IndexBinaryFlat")
 
 from contrahash.retrieval import milvus as milvus_module  # noqa: E402
+from contrahash.retrieval import milvus_connect  # noqa: E402
 from contrahash.retrieval.index import PAD_DISTANCE, HammingIndex, IndexFormatError  # noqa: E402
 from contrahash.retrieval.milvus import MilvusError, MilvusIndex, MilvusNotInstalledError  # noqa: E402
 
@@ -353,5 +354,5 @@ def test_network_server(milvus_server: str):
 
 def test_tests_do_not_leak_servers():
     """Every index the tests closed released its embedded server (module-scoped ones aside)."""
-    assert all(path.endswith("shared.db") for path in milvus_module._lite_users), (
-        milvus_module._lite_users)
+    assert all(path.endswith("shared.db") for path in milvus_connect._lite_users), (
+        milvus_connect._lite_users)
