@@ -3,8 +3,8 @@
 Install with ``pip install 'contrahash[milvus]'`` (pymilvus 2.5 and milvus-lite 2.5.1; the
 3.x milvus-lite releases dropped binary vectors).
 
-``MilvusIndex`` mirrors :class:`contrahash.retrieval.index.HammingIndex` (``add``, ``search``, ``len``;
-and ``remove``) but keeps the codes in a Milvus collection:
+``MilvusIndex`` is a :class:`~contrahash.retrieval.search_index.SearchIndex` like ``HammingIndex``
+that keeps the codes in a Milvus collection (reaching it: :mod:`~.milvus_connect`):
 
 * ``uri="path/codes.db"``: an embedded Milvus Lite database in one local file (a server
   process that pymilvus starts and this class stops on :meth:`MilvusIndex.close`). Milvus
@@ -107,7 +107,6 @@ RESULT_HITS = 1 << 20
 #: Ids per ``id in [...]`` expression (lookups and deletes).
 ID_CHUNK = 8192
 CONSISTENCY_LEVELS = ("Session", "Strong", "Bounded", "Eventually")
-_PK, _VECTOR = PK, VECTOR
 # (uri, collection) -> time.monotonic() until which reads are Strong (after a delete here).
 _recent_deletes: dict[tuple[str, str], float] = {}
 
@@ -369,7 +368,7 @@ class MilvusIndex:
             chunk = present[s : s + ID_CHUNK]
             self._deleted_now()
             try:
-                coll.delete(f"{_PK} in {chunk.tolist()}")
+                coll.delete(f"{PK} in {chunk.tolist()}")
             except self._pm.MilvusException as exc:
                 raise MilvusError(f"{self._where()}: delete of {len(chunk)} ids failed: "
                                   f"{exc.message}") from None
@@ -381,19 +380,19 @@ class MilvusIndex:
         found, when given). A contiguous run with a ``limit`` is one range query."""
         coll = self._collection()
         if limit is not None and int(ids[-1]) - int(ids[0]) + 1 == len(ids):
-            exprs = [f"{_PK} >= {int(ids[0])} and {_PK} <= {int(ids[-1])}"]
+            exprs = [f"{PK} >= {int(ids[0])} and {PK} <= {int(ids[-1])}"]
         else:
-            exprs = [f"{_PK} in {ids[s : s + ID_CHUNK].tolist()}"
+            exprs = [f"{PK} in {ids[s : s + ID_CHUNK].tolist()}"
                      for s in range(0, len(ids), ID_CHUNK)]
         extra = {} if limit is None else {"limit": limit}
         found: list[int] = []
         for expr in exprs:
             try:
-                rows = coll.query(expr, output_fields=[_PK], consistency_level="Strong",
+                rows = coll.query(expr, output_fields=[PK], consistency_level="Strong",
                                   **extra)
             except self._pm.MilvusException as exc:
                 raise MilvusError(f"{self._where()}: id lookup failed: {exc.message}") from None
-            found.extend(int(r[_PK]) for r in rows)
+            found.extend(int(r[PK]) for r in rows)
             if limit is not None and len(found) >= limit:
                 break
         out = np.unique(np.asarray(found, dtype=np.int64))
@@ -430,7 +429,7 @@ class MilvusIndex:
 
     def _search_public(self, data: list[bytes], limit: int, param: dict[str, Any],
                        expr: str | None) -> list[tuple[np.ndarray, np.ndarray]]:
-        result = self._collection().search(data, _VECTOR, param, limit=limit, expr=expr,
+        result = self._collection().search(data, VECTOR, param, limit=limit, expr=expr,
                                            consistency_level=self._level())
         return [(np.rint(np.asarray(h.distances, dtype=np.float64)).astype(np.int64),
                  np.asarray(h.ids, dtype=np.int64)) for h in result]
@@ -453,7 +452,7 @@ class MilvusIndex:
             self._fast_search = False
             return None
         request = Prepare.search_requests_with_expr(
-            self.collection, data, _VECTOR, param, limit, expr,
+            self.collection, data, VECTOR, param, limit, expr,
             consistency_level=self._level())
         response = stub.Search(request)
         check_status(response.status)
@@ -534,12 +533,12 @@ class MilvusIndex:
         found: list[np.ndarray] = []
         lo, width = 0, MAX_TOPK
         while True:
-            (_, rest), = self._raw_search(q, MAX_TOPK, params, expr=f"{_PK} >= {lo}")
+            (_, rest), = self._raw_search(q, MAX_TOPK, params, expr=f"{PK} >= {lo}")
             if len(rest) < MAX_TOPK:
                 found.append(rest)
                 return np.concatenate(found)
             (_, got), = self._raw_search(q, MAX_TOPK, params,
-                                         expr=f"{_PK} >= {lo} and {_PK} < {lo + width}")
+                                         expr=f"{PK} >= {lo} and {PK} < {lo + width}")
             if len(got) >= MAX_TOPK and width > 1:
                 width //= 2
                 continue
@@ -588,8 +587,8 @@ class MilvusIndex:
         count, lo, width = 0, 0, max(1, upper + 1)
         while count < need:
             hi = lo + width
-            (_, got), = self._raw_search(q, MAX_TOPK, params, expr=f"{_PK} >= {lo} and "
-                                                                  f"{_PK} < {hi}")
+            (_, got), = self._raw_search(q, MAX_TOPK, params, expr=f"{PK} >= {lo} and "
+                                                                  f"{PK} < {hi}")
             if len(got) >= MAX_TOPK and width > 1:
                 width //= 2
                 continue

@@ -187,7 +187,8 @@ class Collection:
                 "segments": len(m["segments"]), "backend": m["backend"]["kind"]}
 
     def item(self, item_id: int):
-        """The item with ``item_id`` (KeyError when there is none, or it was removed)."""
+        """The item with ``item_id`` (:class:`~contrahash.serve.types.UnknownItemError` when
+        there is none, or it was removed)."""
         from contrahash.serve.types import Item
 
         raw = self._item(item_id)
@@ -196,17 +197,19 @@ class Collection:
                     height=raw.get("height"))
 
     def _item(self, item_id: int) -> dict[str, Any]:
+        from contrahash.serve.types import UnknownItemError
+
         try:
             return self._snapshot.items[int(item_id)]
         except KeyError:
-            raise KeyError(f"no item {item_id} in the collection") from None
+            raise UnknownItemError(item_id) from None
 
     def original_path(self, item_id: int) -> Path:
-        """The file an item was indexed from (KeyError for an unknown or removed id, or an
-        item that has no file)."""
+        """The file an item was indexed from (``UnknownItemError`` for an unknown or removed
+        id, ``FileNotFoundError`` for an item that has no file here)."""
         path = self._item(item_id).get("path")
         if not path or not Path(path).is_file():
-            raise KeyError(f"item {item_id} has no original file on this machine")
+            raise FileNotFoundError(f"item {item_id} has no original file on this machine")
         return Path(path)
 
     def thumbnail(self, item_id: int) -> bytes:
@@ -228,7 +231,9 @@ class Collection:
     def random_id(self) -> int:
         ids = self._snapshot.ids
         if not len(ids):
-            raise KeyError("the collection is empty")
+            from contrahash.serve.types import UnknownItemError
+
+            raise UnknownItemError(None, "the collection is empty")
         return int(ids[random.randrange(len(ids))])
 
     def decode_image(self, data: bytes) -> np.ndarray:
