@@ -6,8 +6,8 @@ collection's own segments, searched in this process) or ``{"kind": "milvus", "ur
 each ``kind`` to an :class:`IndexBackend`, the way :data:`contrahash.methods.METHODS` maps a
 method name to its class; :func:`open_index` is the one factory the collection code opens its
 :class:`~contrahash.retrieval.search_index.SearchIndex` objects with, and nothing outside this
-table tells backends apart. Adding a backend: docs/architecture.md, "Adding an index backend:
-the checklist".
+table tells backends apart. Adding a backend: see docs/architecture.md,
+"Adding an index backend: the checklist".
 """
 
 from __future__ import annotations

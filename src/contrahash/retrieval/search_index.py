@@ -4,9 +4,9 @@ Every index backend implements it — :class:`contrahash.retrieval.index.Hamming
 (in-process: faiss, numpy or torch) and :class:`contrahash.retrieval.milvus.MilvusIndex`
 (a Milvus Lite file or server) — and the collection code (:mod:`contrahash.retrieval.collection`)
 holds its indexes as ``SearchIndex`` only, so a third backend is a new file plus one row of
-:data:`contrahash.retrieval.backends.INDEX_BACKENDS` (docs/architecture.md, "Adding an index
-backend: the checklist"). ``tests/test_search_index.py`` runs every backend through the same
-cases.
+:data:`contrahash.retrieval.backends.INDEX_BACKENDS` (see docs/architecture.md,
+"Adding an index backend: the checklist"). ``tests/test_search_index.py`` runs every backend
+through the same cases.
 
 The contract, on every backend:
 

@@ -56,7 +56,8 @@ def check_new_collection_dir(out: str | os.PathLike, *, allowed: frozenset[str] 
     return out
 
 
-#: where ``CONTRAHASH_CRASH_AT`` may kill the process (the reliability drills' fault points)
+#: where ``CONTRAHASH_CRASH_AT`` may kill the process (the reliability drills' fault points;
+#: ``milvus-applied``, named when Milvus was the one external backend: after the mirror)
 CRASH_POINTS = ("segment-filled", "segment-renamed", "milvus-applied", "manifest-written")
 
 
@@ -114,13 +115,6 @@ def load_model(directory: Path, device: str | None) -> Any:
             model.engine = recorded
     return cfg, model
 
-
-def reachable(manifest: dict[str, Any]) -> dict[str, Any]:
-    """``manifest``, after checking that its backend answers (before any write)."""
-    from contrahash.retrieval.backends import backend_of
-
-    backend_of(manifest["backend"]).check(manifest["backend"])
-    return manifest
 
 def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")

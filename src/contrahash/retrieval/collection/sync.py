@@ -18,11 +18,17 @@ from contrahash.retrieval.collection.manifest import (
     FOLDER_KINDS,
     CollectionError,
     load_model,
-    reachable,
     read_manifest,
     sweep,
 )
-from contrahash.retrieval.collection.writer import Plan, commit, commit_removal, join, live_items
+from contrahash.retrieval.collection.writer import (
+    Plan,
+    commit,
+    commit_removal,
+    join,
+    live_items,
+    reachable,
+)
 
 
 def sync_collection(directory: str | os.PathLike, *, device: str | None = None,

@@ -32,7 +32,6 @@ from contrahash.retrieval.collection.manifest import (
     crash_point,
     load_model,
     now,
-    reachable,
     read_manifest,
     stage_dir,
     sweep,
@@ -419,3 +418,9 @@ def mirror(backend: dict[str, Any], bits: list[int], codes: dict[int, np.ndarray
                 index.add(codes[k], ids=ids)
         finally:
             index.close()
+
+
+def reachable(manifest: dict[str, Any]) -> dict[str, Any]:
+    """``manifest``, after checking that its backend answers (before any write)."""
+    backend_of(manifest["backend"]).check(manifest["backend"])
+    return manifest
