@@ -10,7 +10,8 @@ thumbnails, so uploading a thumbnail finds its item at distance 0. Item 3 is nam
 Items carry an ``album`` (``ALBUMS[i % 4]``), a ``sha256`` of their JPEG bytes and their size;
 ``duplicates=d`` appends ``d`` copies of the first items (alternately byte-identical and
 brightened by 20 %), for the duplicate finder. ``original_path`` writes each item's JPEG to a
-temporary folder; :meth:`remove` drops items (removed ids raise ``KeyError`` everywhere).
+temporary folder; :meth:`remove` drops items (removed ids raise ``UnknownItemError``
+everywhere).
 
 ``decode_image`` enforces a pixel limit the way the real collection does: Pillow's
 ``DecompressionBombWarning``/``DecompressionBombError`` and an explicit size check, all raised
@@ -35,7 +36,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from conftest import free_port
-from contrahash.serve.types import Hit, InvalidImageError, Item
+from contrahash.serve.types import Hit, InvalidImageError, Item, UnknownItemError
 
 SCRIPT_NAME = "<script>alert(1)</script>.jpg"
 SCRIPT_ID = 3
@@ -143,7 +144,7 @@ class FakeCollection:
         state = self._state
         if (not isinstance(item_id, int | np.integer) or not 0 <= item_id < len(state.items)
                 or int(item_id) in state.removed):
-            raise KeyError(item_id)
+            raise UnknownItemError(item_id)
         return state.items[int(item_id)]
 
     def live_ids(self) -> np.ndarray:

@@ -21,6 +21,7 @@ from contrahash.retrieval.collection import (
     open_collection,
     read_manifest,
 )
+from contrahash.serve.types import UnknownItemError
 
 runner = CliRunner()
 
@@ -138,7 +139,7 @@ def test_search_by_id_ranks_by_distance_then_id(built):
     assert hits[0].distance == 0 and 5 in [h.id for h in hits if h.distance == 0]
     keys = [(h.distance, h.id) for h in hits]
     assert keys == sorted(keys) and len(hits) == 120
-    with pytest.raises(KeyError):
+    with pytest.raises(UnknownItemError, match="unknown item id 120"):
         collection.search_ids([120], 3, 8)
     with pytest.raises(ValueError, match="code lengths"):
         collection.search_ids([1], 3, 16)
@@ -157,7 +158,7 @@ def test_cli_search_by_image_and_by_id(world, built):
     assert "top 4 of 120 (8 bits)" in " ".join(res.output.split())
     for args, message in ((["--id", "3", "--image", str(photo)], "exactly one"),
                           (["--id", "3", "--bits", "7"], "code lengths"),
-                          (["--id", "999"], "no item 999"),
+                          (["--id", "999"], "unknown item id 999"),
                           (["--image", str(world["root"] / "none.jpg")], "does not exist")):
         res = runner.invoke(app, ["search", str(built), *args])
         assert res.exit_code != 0 and message in res.output, (args, res.output)
@@ -184,7 +185,7 @@ def test_add_appends_without_touching_what_was_written(world, tmp_path):
 
 
 def test_an_interrupted_add_leaves_the_collection_as_it_was(world, tmp_path, monkeypatch):
-    from contrahash.retrieval import collection as module
+    from contrahash.retrieval.collection import writer as module
     out = tmp_path / "coll"
     build_collection(world["run"], str(world["packed"]), out, bits=[8])
     before = (out / "manifest.json").read_bytes()
@@ -277,5 +278,5 @@ def test_a_milvus_backed_collection_searches_like_faiss(world, built, tmp_path):
         zip(ids[0].tolist(), distances[0].tolist(), strict=True))
     remote.close()  # Milvus Lite opens its file in one process at a time
     remote.close()  # idempotent
-    from contrahash.retrieval import milvus as milvus_module
+    from contrahash.retrieval import milvus_connect as milvus_module
     assert str(tmp_path / "codes.db") not in {str(p) for p in milvus_module._lite_users}

@@ -1,4 +1,5 @@
-"""The same MilvusIndex cases on Milvus Lite and on a real standalone Milvus server.
+"""Milvus-only cases on Milvus Lite and on a real standalone Milvus server (the cases every
+backend shares — empty index, padding, removal, range search — are in test_search_index.py).
 
 References are independent of Milvus: faiss' ``IndexBinaryFlat`` (ranks by (distance,
 insertion position), the order MilvusIndex reproduces when ids follow insertion order) and a
@@ -20,7 +21,6 @@ from conftest import ref_by_id
 pytest.importorskip("pymilvus", reason="MilvusIndex needs pip install 'contrahash[milvus]'")
 faiss = pytest.importorskip("faiss", reason="the reference is faiss' IndexBinaryFlat")
 
-from contrahash.retrieval.index import PAD_DISTANCE  # noqa: E402
 from contrahash.retrieval.milvus import MilvusError, MilvusIndex  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
@@ -103,45 +103,6 @@ def test_ties_broken_by_id_not_insertion_order(open_index):
     queries = np.concatenate([centres, rng.random((4, 20)) < 0.5])
     for k in (1, 50, 400):
         assert_same(index.search(queries, k), ref_by_id(db, ids, queries, k))
-
-
-def test_empty_index_and_padding_past_the_count(open_index):
-    rng = np.random.default_rng(13)
-    codes = rng.random((7, 16)) < 0.5
-    index = open_index(16)
-    assert len(index) == 0
-    d, i = index.search(codes[:3], 4)
-    assert d.shape == (3, 4) and (i == -1).all() and (d == PAD_DISTANCE).all()
-    index.add(codes, ids=np.arange(10, 17))
-    d, i = index.search(codes[:2], 12)
-    assert_same((d, i), ref_by_id(codes, np.arange(10, 17), codes[:2], 12))
-    assert (i[:, 7:] == -1).all() and (d[:, 7:] == PAD_DISTANCE).all()
-    assert (i[:, 0] == [10, 11]).all() and (d[:, 0] == 0).all()
-
-
-def test_remove_then_search_and_re_add(open_index):
-    rng = np.random.default_rng(14)
-    db = rng.random((3000, 32)) < 0.5
-    ids = np.arange(3000, dtype=np.int64)
-    index = open_index(32)
-    index.add(db)
-    gone = rng.choice(3000, 700, replace=False)
-    assert index.remove(np.r_[gone, gone[:5], [5000, 7000]]) == 700  # repeats, unknown ids
-    assert len(index) == 2300
-    keep = np.setdiff1d(ids, gone)
-    queries = np.concatenate([db[gone[:10]], db[keep[:10]], rng.random((5, 32)) < 0.5])
-    for k in (1, 40):
-        assert_same(index.search(queries, k), ref_by_id(db[keep], keep, queries, k))
-    assert index.remove(gone[:3]) == 0  # already gone
-    # a re-encoded item keeps its id: remove it, add its new code under the same id
-    item, new_code = int(keep[0]), ~db[keep[0]]
-    assert index.remove([item]) == 1
-    index.add(new_code[None], ids=[item])
-    assert len(index) == 2300
-    d, i = index.search(new_code[None], 3)
-    assert i[0, 0] == item and d[0, 0] == 0 and item not in i[0, 1:]
-    d, i = index.search(db[keep[0]][None], 2300)
-    assert (i[0] == item).sum() == 1 and d[0, i[0] == item][0] == 32
 
 
 def test_ids_are_unique(open_index):

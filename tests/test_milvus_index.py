@@ -33,7 +33,7 @@ with warnings.catch_warnings():
 faiss = pytest.importorskip("faiss", reason="the reference is faiss' IndexBinaryFlat")
 
 from contrahash.retrieval import milvus as milvus_module  # noqa: E402
-from contrahash.retrieval.index import PAD_DISTANCE, HammingIndex, IndexFormatError  # noqa: E402
+from contrahash.retrieval import milvus_connect  # noqa: E402
 from contrahash.retrieval.milvus import MilvusError, MilvusIndex, MilvusNotInstalledError  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
@@ -131,6 +131,26 @@ def test_windowed_tie_walk_and_batching(shared_db, monkeypatch: pytest.MonkeyPat
         index.search(queries, 41)
 
 
+def test_range_search_past_the_top_k_cap(shared_db, monkeypatch: pytest.MonkeyPatch):
+    """Results and tie groups larger than the (patched) cap are read distance by distance and
+    in id windows: complete, ranked by (distance, id)."""
+    monkeypatch.setattr(milvus_module, "MAX_TOPK", 40)
+    rng = np.random.default_rng(9)
+    protos = rng.random((3, 16)) < 0.5
+    db = protos[rng.integers(0, 3, 600)] ^ (rng.random((600, 16)) < 0.03)
+    ids = rng.permutation(5000)[:600]
+    index = shared_db(16, "range_caps")
+    index.add(db, ids=ids)
+    queries = np.concatenate([protos, rng.random((3, 16)) < 0.5])
+    dist = (queries[:, None, :] != db[None, :, :]).sum(-1)
+    for radius in (0, 1, 3):
+        for qi, (d, found) in enumerate(index.range_search(queries, radius)):
+            members = np.flatnonzero(dist[qi] <= radius)
+            order = members[np.lexsort((ids[members], dist[qi, members]))]
+            np.testing.assert_array_equal(found, ids[order])
+            np.testing.assert_array_equal(d, dist[qi, order])
+
+
 _example = iter(range(10**6))
 
 
@@ -165,46 +185,6 @@ def test_public_search_path_matches(shared_db):
 
 
 # ----------------------------------------------------------------------------- API
-
-
-@pytest.mark.parametrize("bits", [13, 60])
-def test_code_lengths_not_a_multiple_of_8(shared_db, bits: int):
-    rng = np.random.default_rng(bits)
-    db = np.where(rng.random((3000, bits)) < 0.5, 1, -1).astype(np.int8)
-    queries = np.where(rng.random((30, bits)) < 0.5, 1, -1).astype(np.int8)
-    index = shared_db(bits, f"bits_{bits}")
-    index.add(db)
-    ref = HammingIndex(bits, backend="numpy")
-    ref.add(db)
-    for k in (1, 25, 600):
-        assert_same(index.search(queries, k), ref.search(queries, k))
-
-
-def test_inputs_ids_and_padding(shared_db):
-    rng = np.random.default_rng(6)
-    bits = np.where(rng.random((50, 16)) < 0.5, 1, -1)
-    index = shared_db(16, "api")
-    assert len(index) == 0
-    d, i = index.search(bits[:2], 3)
-    assert (i == -1).all() and (d == PAD_DISTANCE).all()
-    index.add(bits[:20])  # ids 0..19
-    index.add(bits[20:30] > 0)  # bool, ids 20..29
-    index.add(np.packbits(bits[30:] > 0, axis=1), ids=np.arange(100, 120), packed=True)
-    assert len(index) == 50
-    d, i = index.search(bits[[3, 35]], 60)
-    ref = HammingIndex(16, backend="numpy")
-    ref.add(bits, ids=np.r_[np.arange(30), np.arange(100, 120)])
-    assert_same((d, i), ref.search(bits[[3, 35]], 60))
-    assert (i[:, 50:] == -1).all() and (d[:, 50:] == PAD_DISTANCE).all()
-    assert i[0, 0] == 3 and i[1, 0] == 105 and d[0, 0] == 0
-    assert_same(index.search(np.where(bits[:4] > 0, 1, 0), 5), index.search(bits[:4], 5))
-    with pytest.raises(IndexFormatError, match="12 bits but"):
-        index.search(bits[:, :12], 1)
-    with pytest.raises(ValueError, match="ids must be"):
-        index.add(bits[:2], ids=[-1, 3])
-    with pytest.raises(ValueError, match="k must be"):
-        index.search(bits[:1], 0)
-    assert (index.bits, index.collection) == (16, "api") and index.uri.endswith("shared.db")
 
 
 # ----------------------------------------------------------------------------- persistence
@@ -337,5 +317,5 @@ def test_network_server(milvus_server: str):
 
 def test_tests_do_not_leak_servers():
     """Every index the tests closed released its embedded server (module-scoped ones aside)."""
-    assert all(path.endswith("shared.db") for path in milvus_module._lite_users), (
-        milvus_module._lite_users)
+    assert all(path.endswith("shared.db") for path in milvus_connect._lite_users), (
+        milvus_connect._lite_users)

@@ -191,12 +191,13 @@ def test_cli_on_the_server_like_faiss_and_an_unreachable_server(milvus_server, t
     script = textwrap.dedent(f"""
         import os, signal
         from contrahash.retrieval import collection
-        real = collection.write_json
+        from contrahash.retrieval.collection import writer
+        real = writer.write_json
         def commit_then_die(path, data):
             if str(path).endswith("manifest.json"):
                 os.kill(os.getpid(), signal.SIGKILL)
             return real(path, data)
-        collection.write_json = commit_then_die
+        writer.write_json = commit_then_die
         collection.add_to_collection({str(root / "srv")!r}, {str(tiny_run["more"])!r})
     """)
     killed = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=240)

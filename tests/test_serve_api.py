@@ -409,6 +409,34 @@ def test_bad_item_requests(client, path, status):
     assert isinstance(r.json()["detail"], str)
 
 
+@pytest.mark.parametrize("path, item_id", [
+    ("/api/items/200", 200), ("/api/items/987654321/thumbnail", 987654321),
+    ("/api/search?id=201", 201), ("/api/items/202/original", 202)])
+def test_an_unknown_item_is_404_naming_its_id(client, path, item_id):
+    r = client.get(path)
+    assert r.status_code == 404, r.text
+    assert r.json()["detail"].startswith(f"unknown item id {item_id}:"), r.text
+
+
+class _BuggyCollection(FakeCollection):
+    """A collection whose lookups hit an internal bug: a bare KeyError (a missing dict key)."""
+
+    def item(self, item_id: int):  # noqa: ANN201
+        return {}["album"]
+
+
+def test_an_internal_key_error_is_a_logged_500_not_an_unknown_item(caplog):
+    buggy = _BuggyCollection(n=4)
+    with TestClient(create_app(buggy, ServeSettings()), raise_server_exceptions=False) as c:
+        with caplog.at_level("ERROR", logger="contrahash.serve.app"):
+            r = c.get("/api/items/1")
+    assert r.status_code == 500, r.text
+    assert "unknown item" not in r.text and r.json()["detail"].startswith("internal server error")
+    logged = [rec for rec in caplog.records if rec.name == "contrahash.serve.app"]
+    assert logged and logged[0].exc_info[0] is KeyError, caplog.text
+    assert "GET /api/items/1" in logged[0].getMessage()
+
+
 TRAVERSALS = [
     "/api/items/../../etc/passwd", "/api/items/..%2f..%2fetc%2fpasswd",
     "/api/items/%2e%2e%2f%2e%2e%2fetc%2fpasswd", "/api/items/%2e%2e/%2e%2e/etc/passwd",

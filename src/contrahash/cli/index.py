@@ -372,10 +372,9 @@ def info_command(
     console.print(f"[bold]{directory}[/]: {info['count']:,} items, code lengths "
                   f"{info['bits']}, backend {info['backend']['kind']}, "
                   f"{info['bytes_on_disk'] / 2**20:,.1f} MiB on disk", highlight=False)
-    if info["backend"]["kind"] == "milvus":
-        from contrahash.retrieval.milvus import describe_backend
+    from contrahash.retrieval.backends import backend_of
 
-        console.print(describe_backend(info["backend"]), highlight=False)
+    console.print(backend_of(info["backend"]).describe(info["backend"]), highlight=False)
     console.print(f"model: {run['method']} on {run['backbone']} at {run['image_size']} px "
                   f"({run['precision']}), run {run['run_id']} from {run['dir']}", highlight=False)
     console.print(engine_note(run.get("engine")), highlight=False)
@@ -503,8 +502,10 @@ def build_command(
     if nproc > 1 and not is_distributed():
         relaunch(nproc)
         return
-    if backend not in ("faiss", "milvus"):
-        fail(f"--backend must be faiss or milvus, got {backend!r}")
+    from contrahash.retrieval.backends import INDEX_BACKENDS
+
+    if backend not in INDEX_BACKENDS:
+        fail(f"--backend must be one of {', '.join(INDEX_BACKENDS)}, got {backend!r}")
     milvus_options = {"index": milvus_index.upper(), "nlist": milvus_nlist,
                       "nprobe": milvus_nprobe}
     _check_labels(labels)

@@ -140,7 +140,8 @@ def empty_results(k: Any, nq: int) -> tuple[np.ndarray, np.ndarray, int]:
 
 
 class HammingIndex:
-    """Exact Hamming k-NN and range search over binary codes.
+    """Exact Hamming k-NN and range search over binary codes, in this process (a
+    :class:`contrahash.retrieval.search_index.SearchIndex`).
 
     ``backend``: ``"faiss"`` (``IndexBinaryFlat``), ``"numpy"`` (packed XOR + popcount),
     ``"torch"`` (±1 matmul on ``device``, CUDA when available) or ``"auto"`` (faiss when it
@@ -226,6 +227,33 @@ class HammingIndex:
             faiss_index.add(self._faiss_codes(p))
         for key in [key for key in self._cache if key != "faiss"]:
             del self._cache[key]
+
+    def remove(self, ids: Any) -> int:
+        """Drop every row whose id is in ``ids``; returns how many of the (distinct) ids the
+        index held. Unknown ids are ignored; the remaining rows keep their insertion order."""
+        raw = to_numpy(ids) if ids is not None else np.zeros(0, np.int64)
+        if raw.ndim != 1:
+            raise ValueError(f"ids must be a 1-D integer array; got shape {raw.shape}")
+        wanted = np.unique(item_ids(raw, raw.shape[0], 0))
+        if not len(wanted) or not len(self):
+            return 0
+        gone = np.isin(self.ids, wanted)
+        if not gone.any():
+            return 0
+        held = int(len(np.unique(self._ids[gone])))
+        self._packed = np.ascontiguousarray(self._packed[~gone])
+        self._ids = self._ids[~gone]
+        self._cache.clear()  # positions moved: every backend's state is rebuilt on demand
+        return held
+
+    def close(self) -> None:
+        """Nothing to release (the codes live in this process); for :class:`SearchIndex`."""
+
+    def __enter__(self) -> HammingIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # ---- backend state --------------------------------------------------------------------
 

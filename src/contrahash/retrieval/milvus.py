@@ -3,8 +3,8 @@
 Install with ``pip install 'contrahash[milvus]'`` (pymilvus 2.5 and milvus-lite 2.5.1; the
 3.x milvus-lite releases dropped binary vectors).
 
-``MilvusIndex`` mirrors :class:`contrahash.retrieval.index.HammingIndex` (``add``, ``search``, ``len``;
-and ``remove``) but keeps the codes in a Milvus collection:
+``MilvusIndex`` is a :class:`~contrahash.retrieval.search_index.SearchIndex` like ``HammingIndex``
+that keeps the codes in a Milvus collection (reaching it: :mod:`~.milvus_connect`):
 
 * ``uri="path/codes.db"``: an embedded Milvus Lite database in one local file (a server
   process that pymilvus starts and this class stops on :meth:`MilvusIndex.close`). Milvus
@@ -61,16 +61,9 @@ most 16384 queries (Milvus' nq cap) and about a million hits per request.
 
 from __future__ import annotations
 
-import os
-import re
-import socket
-import threading
 import time
 import uuid
-import warnings
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import numpy as np
 
@@ -78,6 +71,25 @@ from contrahash.retrieval.index import (
     codes_as_packed,
     item_ids,
     search_frame,
+)
+from contrahash.retrieval.milvus_connect import (
+    INDEX_TYPES,
+    NAME_RE,
+    PK,
+    VECTOR,
+    MilvusError,
+    MilvusNotInstalledError,
+    check_backend,
+    check_bits,
+    check_schema,
+    connect,
+    create_collection,
+    describe_backend,
+    disconnect,
+    has_search_internals,
+    index_options,
+    parse_uri,
+    pymilvus_module,
 )
 
 __all__ = ["MilvusError", "MilvusIndex", "MilvusNotInstalledError", "check_backend",
@@ -94,169 +106,9 @@ INSERT_ROWS = 250_000
 RESULT_HITS = 1 << 20
 #: Ids per ``id in [...]`` expression (lookups and deletes).
 ID_CHUNK = 8192
-INDEX_TYPES = ("BIN_FLAT", "BIN_IVF_FLAT")
 CONSISTENCY_LEVELS = ("Session", "Strong", "Bounded", "Eventually")
-_PK, _VECTOR = "id", "code"
-_DESCRIPTION = "contrahash bits="
-_NETWORK_SCHEMES = ("http", "https", "tcp", "grpc")
-_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
-_LITE_FILE_RE = re.compile(r"^[A-Za-z0-9.\-_]{1,36}$")  # what milvus-lite accepts
-_LITE_START_TIMEOUT = 60.0  # a local server never hangs; a big .db can take a while to load
-_INSTALL_HINT = "pip install 'contrahash[milvus]'"
-
-# Embedded servers this process started, by resolved .db path: how many open indexes use each.
-_lite_users: dict[str, int] = {}
-_lite_lock = threading.Lock()
 # (uri, collection) -> time.monotonic() until which reads are Strong (after a delete here).
 _recent_deletes: dict[tuple[str, str], float] = {}
-
-
-class MilvusError(ValueError):
-    """A Milvus collection, server or argument is not what :class:`MilvusIndex` needs."""
-
-
-class MilvusNotInstalledError(MilvusError, ImportError):
-    """pymilvus (or milvus-lite, for a ``.db`` uri) is not installed."""
-
-
-def _pymilvus() -> Any:
-    try:
-        import pymilvus  # noqa: PLC0415 - optional dependency
-    except ImportError as exc:
-        raise MilvusNotInstalledError(
-            f"MilvusIndex needs pymilvus ({exc}): {_INSTALL_HINT}"
-        ) from None
-    return pymilvus
-
-
-def _check_milvus_lite() -> None:
-    """Import milvus-lite now, so a missing or broken install gets a clear message."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
-        try:
-            import milvus_lite.server_manager  # noqa: F401, PLC0415 - optional dependency
-        except ModuleNotFoundError as exc:
-            if exc.name == "pkg_resources":
-                raise MilvusNotInstalledError(
-                    "milvus-lite 2.5 imports pkg_resources, which setuptools 82 removed: "
-                    "pip install 'setuptools<82'"
-                ) from None
-            raise MilvusNotInstalledError(
-                f"a .db uri needs milvus-lite ({exc}): {_INSTALL_HINT}"
-            ) from None
-
-
-def _has_search_internals() -> bool:
-    """True when pymilvus has the internals :meth:`MilvusIndex._search_rpc` uses."""
-    try:
-        from pymilvus.client.prepare import Prepare  # noqa: PLC0415
-        from pymilvus.client.utils import check_status  # noqa: F401, PLC0415
-        from pymilvus.orm.connections import connections  # noqa: PLC0415
-    except ImportError:
-        return False
-    return hasattr(Prepare, "search_requests_with_expr") and hasattr(connections,
-                                                                      "_fetch_handler")
-
-
-def _lite_file_locked_elsewhere(path: str) -> bool:
-    """True when another process holds milvus-lite's lock on the ``.db`` file ``path``.
-
-    Checked before pymilvus starts a server: when that start fails on a held lock,
-    milvus-lite 2.5.1 deletes the lock *file* the other process holds, after which a third
-    process could open the same database. The probe locks and unlocks the lock file, so it
-    runs only when this process has no server on ``path`` (closing any descriptor of a file
-    drops all of the process' POSIX locks on it, including a server's).
-    """
-    try:
-        import fcntl  # noqa: PLC0415 - POSIX only, like milvus-lite itself
-    except ImportError:  # pragma: no cover
-        return False
-    from milvus_lite.server_manager import server_manager_instance  # noqa: PLC0415
-
-    if path in _lite_users or path in getattr(server_manager_instance, "_servers", {}):
-        return False
-    lock = Path(path).parent / f".{Path(path).name}.lock"
-    if not lock.exists():
-        return False
-    with open(lock, "a") as fh:
-        try:
-            fcntl.lockf(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return True
-        fcntl.lockf(fh, fcntl.LOCK_UN)
-    return False
-
-
-def _check_bits(bits: Any) -> int:
-    if isinstance(bits, bool) or not isinstance(bits, int | np.integer) or bits < 1:
-        raise ValueError(f"bits must be a positive integer; got {bits!r}")
-    return int(bits)
-
-
-def server_auth() -> dict[str, str]:
-    """Credentials for a Milvus server from the environment, never from a collection's
-    manifest (which records the uri): ``CONTRAHASH_MILVUS_TOKEN`` (``user:password``, or a
-    Zilliz Cloud API key) and ``CONTRAHASH_MILVUS_DB`` (a database other than ``default``)."""
-    out = {}
-    if os.environ.get("CONTRAHASH_MILVUS_TOKEN"):
-        out["token"] = os.environ["CONTRAHASH_MILVUS_TOKEN"]
-    if os.environ.get("CONTRAHASH_MILVUS_DB"):
-        out["db_name"] = os.environ["CONTRAHASH_MILVUS_DB"]
-    return out
-
-
-def index_options(backend: dict[str, Any]) -> dict[str, Any]:
-    """The :class:`MilvusIndex` keyword arguments of a collection's ``backend`` record
-    (``index``, ``nlist``, ``nprobe``; an older record without them is ``BIN_FLAT``)."""
-    return {"index_type": str(backend.get("index", "BIN_FLAT")),
-            "nlist": int(backend.get("nlist", 1024)), "nprobe": int(backend.get("nprobe", 32))}
-
-
-def describe_backend(backend: dict[str, Any]) -> str:
-    """One line for ``index info``: where the codes are and whether results are exact."""
-    opts = index_options(backend)
-    where = f"Milvus at {backend.get('uri')}, collections {backend.get('collection')}_<bits>"
-    if opts["index_type"] == "BIN_IVF_FLAT":
-        return (f"{where}, BIN_IVF_FLAT index (nlist={opts['nlist']}, nprobe={opts['nprobe']}): "
-                "approximate results, a search may miss some of the true nearest items "
-                "(docs/scaling.md)")
-    return f"{where}, BIN_FLAT index: exact results, ties by id as with faiss"
-
-
-def check_backend(uri: str, index_type: str = "BIN_FLAT", nlist: int = 1024,
-                  nprobe: int = 32, connect_timeout: float = 5.0) -> None:
-    """Refuse Milvus options that cannot work before anything is written: an unknown index
-    type, ``nlist``/``nprobe`` < 1, ``BIN_IVF_FLAT`` on Milvus Lite, a malformed uri, or a
-    server that does not answer within ``connect_timeout`` s (a :class:`MilvusError` naming
-    the uri). A ``.db`` uri is only checked, not opened (that starts Milvus Lite)."""
-    if index_type not in INDEX_TYPES:
-        raise MilvusError(f"Milvus index must be one of {', '.join(INDEX_TYPES)}; got "
-                          f"{index_type!r}")
-    if isinstance(nlist, bool) or isinstance(nprobe, bool) or int(nlist) < 1 or int(nprobe) < 1:
-        raise MilvusError(f"Milvus nlist and nprobe must be >= 1; got {nlist}, {nprobe}")
-    lite = MilvusIndex._parse_uri(str(uri)) is not None
-    if lite:
-        if index_type != "BIN_FLAT":
-            raise MilvusError(f"Milvus Lite ({uri}) supports only the BIN_FLAT index, not "
-                              f"{index_type}; use a Milvus server (http://host:port)")
-        return
-    parsed = urlparse(str(uri))
-    try:  # a refused connection fails here at once; pymilvus would wait the whole timeout
-        socket.create_connection((parsed.hostname or "localhost", parsed.port or 19530),
-                                 timeout=connect_timeout).close()
-    except (OSError, ValueError) as exc:
-        reason = getattr(exc, "strerror", None) or exc
-        raise MilvusError(f"cannot reach the Milvus server at {uri} ({reason}); is it "
-                          "running?") from None
-    pm = _pymilvus()
-    alias = f"contrahash-check-{uuid.uuid4().hex}"
-    try:
-        pm.connections.connect(alias, uri=str(uri), timeout=connect_timeout, **server_auth())
-    except pm.MilvusException as exc:
-        raise MilvusError(f"cannot reach the Milvus server at {uri} within "
-                          f"{connect_timeout:g} s ({exc.message}); is it running?") from None
-    finally:
-        pm.connections.remove_connection(alias)
 
 
 class MilvusIndex:
@@ -274,8 +126,8 @@ class MilvusIndex:
     ``"Session"`` (default) sees every write of this process at once and other processes'
     writes within about one server time tick (200 ms by default); ``"Strong"`` sees every
     write that returned, in any process, but each request then waits for the server's next
-    time tick (that latency, per request). The id checks of :meth:`add` and :meth:`remove`
-    are always Strong.
+    time tick (that latency, per request). Counts (``len``) and the id checks of :meth:`add`
+    and :meth:`remove` are always Strong.
 
     Results rank by ``(distance, id)``; see the module docstring for how ties at the ``k``-th
     distance are resolved to match faiss' ``IndexBinaryFlat``. Close the index (or use it as
@@ -295,7 +147,7 @@ class MilvusIndex:
         connect_timeout: float = 5.0,
         consistency: str = "Session",
     ) -> None:
-        self.bits = _check_bits(bits)
+        self.bits = check_bits(bits)
         self.code_bytes = (self.bits + 7) // 8
         self.uri = str(uri)
         self.collection = collection
@@ -306,7 +158,7 @@ class MilvusIndex:
             raise MilvusError(f"consistency must be one of {', '.join(CONSISTENCY_LEVELS)}; "
                               f"got {consistency!r}")
         self.consistency = consistency
-        if not isinstance(collection, str) or not _NAME_RE.match(collection):
+        if not isinstance(collection, str) or not NAME_RE.match(collection):
             raise MilvusError(
                 f"collection name {collection!r} is not valid for Milvus (a letter or _ "
                 "first, then letters, digits or _; at most 255 characters)"
@@ -316,18 +168,17 @@ class MilvusIndex:
                               f"got {index_type!r}")
         if self.nlist < 1 or self.nprobe < 1:
             raise MilvusError(f"nlist and nprobe must be >= 1; got {nlist}, {nprobe}")
-        self._lite_path = self._parse_uri(self.uri)
+        self._lite_path = parse_uri(self.uri)
         if self._lite_path is not None and index_type != "BIN_FLAT":
             raise MilvusError(
                 f"{self._where()}: Milvus Lite (a .db uri) supports only the BIN_FLAT index, "
                 f"not {index_type}; use a Milvus server (http://host:port) for {index_type}"
             )
-        self._pm = _pymilvus()
+        self._pm = pymilvus_module()
         self._alias = f"contrahash-{uuid.uuid4().hex}"
         self._coll: Any = None
         self._connected = False
-        self._lite_registered = False
-        self._fast_search = _has_search_internals()
+        self._fast_search = has_search_internals()
         try:
             self._connect(connect_timeout)
             self._open(create)
@@ -337,89 +188,21 @@ class MilvusIndex:
 
     # ---- connection ------------------------------------------------------------------------
 
+
     def _where(self) -> str:
         return f"Milvus collection {self.collection!r} at {self.uri}"
 
-    @staticmethod
-    def _parse_uri(uri: str) -> str | None:
-        """The resolved ``.db`` path for Milvus Lite, or ``None`` for a network uri."""
-        scheme = urlparse(uri).scheme.lower()
-        if scheme in _NETWORK_SCHEMES:
-            return None
-        if not uri.endswith(".db"):
-            raise MilvusError(
-                f"Milvus uri {uri!r}: expected a local file path ending in .db (Milvus Lite) "
-                "or http://host:port (a Milvus server)"
-            )
-        path = Path(uri).expanduser().absolute()
-        if not path.parent.is_dir():
-            raise MilvusError(f"Milvus Lite database {uri}: directory {path.parent} does not "
-                              "exist")
-        if not _LITE_FILE_RE.match(path.name):
-            raise MilvusError(
-                f"Milvus Lite database {uri}: the file name must be at most 36 characters of "
-                "letters, digits, '.', '-' or '_' (a milvus-lite restriction)"
-            )
-        return str(path.resolve())
-
     def _connect(self, timeout: float) -> None:
-        connections = self._pm.connections
-        if self._lite_path is None:
-            try:
-                connections.connect(self._alias, uri=self.uri, timeout=timeout, **server_auth())
-            except self._pm.MilvusException as exc:
-                raise MilvusError(
-                    f"cannot reach the Milvus server at {self.uri} within {timeout:g} s "
-                    f"({exc.message}); is it running?"
-                ) from None
-            self._connected = True
-            return
-        _check_milvus_lite()
-        path = self._lite_path
-        with _lite_lock, warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
-            if _lite_file_locked_elsewhere(path):
-                raise MilvusError(
-                    f"Milvus Lite database {self.uri} is open in another process (Milvus "
-                    "Lite allows one process per .db file; close it there first)"
-                )
-            try:
-                connections.connect(self._alias, uri=path,
-                                    timeout=max(timeout, _LITE_START_TIMEOUT))
-            except self._pm.MilvusException as exc:
-                if path not in _lite_users:  # a server that started but did not answer
-                    from milvus_lite.server_manager import (  # noqa: PLC0415
-                        server_manager_instance,
-                    )
-
-                    if path in getattr(server_manager_instance, "_servers", {}):
-                        server_manager_instance.release_server(path)
-                raise MilvusError(
-                    f"cannot start Milvus Lite on {self.uri}: {exc.message} (is the file open "
-                    "in another process?)"
-                ) from None
-            self._connected = True
-            _lite_users[path] = _lite_users.get(path, 0) + 1
-            self._lite_registered = True
+        connect(self._pm, self._alias, self.uri, self._lite_path, timeout)
+        self._connected = True
 
     def close(self) -> None:
         """Disconnect; the last index on an embedded ``.db`` in this process stops its server."""
         self._coll = None
         if self._connected:
-            self._pm.connections.remove_connection(self._alias)
             self._connected = False
-        if self._lite_registered:
-            self._lite_registered = False
-            path = self._lite_path
-            with _lite_lock:
-                _lite_users[path] -= 1
-                if _lite_users[path] == 0:
-                    del _lite_users[path]
-                    from milvus_lite.server_manager import (  # noqa: PLC0415
-                        server_manager_instance,
-                    )
+            disconnect(self._pm, self._alias, self._lite_path)
 
-                    server_manager_instance.release_server(path)
 
     def __enter__(self) -> MilvusIndex:
         return self
@@ -451,60 +234,14 @@ class MilvusIndex:
         self._coll = coll
 
     def _create(self) -> Any:
-        pm = self._pm
-        schema = pm.CollectionSchema(
-            [pm.FieldSchema(_PK, pm.DataType.INT64, is_primary=True, auto_id=False),
-             pm.FieldSchema(_VECTOR, pm.DataType.BINARY_VECTOR, dim=8 * self.code_bytes)],
-            description=f"{_DESCRIPTION}{self.bits}",
-        )
-        coll = pm.Collection(self.collection, schema, using=self._alias)
-        params: dict[str, Any] = {"index_type": self.index_type, "metric_type": "HAMMING",
-                                  "params": {}}
-        if self.index_type == "BIN_IVF_FLAT":
-            params["params"] = {"nlist": self.nlist}
-        try:
-            coll.create_index(_VECTOR, params)
-        except pm.MilvusException as exc:
-            coll.drop()  # ours, just made: leave nothing half-built behind
-            raise MilvusError(f"{self._where()}: the server refused a {self.index_type} "
-                              f"index: {exc.message}") from None
-        return coll
+        return create_collection(self._pm, self._alias, self.collection, self.bits,
+                                 self.index_type, self.nlist, self._where())
 
     def _check_schema(self, coll: Any) -> None:
-        pm = self._pm
-        fields = {f.name: f for f in coll.schema.fields}
-        pk, vec = fields.get(_PK), fields.get(_VECTOR)
-        if (pk is None or not pk.is_primary or pk.dtype != pm.DataType.INT64
-                or vec is None or vec.dtype != pm.DataType.BINARY_VECTOR):
-            raise MilvusError(
-                f"{self._where()} is not a contrahash collection (it needs an INT64 primary "
-                f"key {_PK!r} and a BINARY_VECTOR field {_VECTOR!r}); choose another name"
-            )
-        description = coll.schema.description or ""
-        dim = int(vec.params.get("dim", 0))
-        if description.startswith(_DESCRIPTION):
-            stored = int(description[len(_DESCRIPTION):])
-        else:
-            stored = dim
-        if stored != self.bits:
-            raise MilvusError(f"{self._where()} holds {stored}-bit codes, but bits={self.bits} "
-                              "was given")
-        if dim != 8 * self.code_bytes:
-            raise MilvusError(f"{self._where()}: vector dimension {dim} does not fit "
-                              f"{self.bits}-bit codes (expected {8 * self.code_bytes})")
-        index = next((i for i in coll.indexes if i.field_name == _VECTOR), None)
-        if index is None:
-            raise MilvusError(f"{self._where()} has no index on {_VECTOR!r}")
-        found = index.params.get("index_type")
-        metric = index.params.get("metric_type")
-        if metric != "HAMMING":
-            raise MilvusError(f"{self._where()}: index metric is {metric}, not HAMMING")
-        if found != self.index_type:
-            raise MilvusError(f"{self._where()} has a {found} index, but "
-                              f"index_type={self.index_type!r} was given")
-        if found == "BIN_IVF_FLAT":
-            inner = index.params.get("params", {})
-            self.nlist = int(inner.get("nlist", index.params.get("nlist", self.nlist)))
+        nlist = check_schema(self._pm, coll, self.bits, self.index_type, self._where())
+        if nlist is not None:
+            self.nlist = nlist
+
 
     def _collection(self) -> Any:
         if self._coll is None:
@@ -514,10 +251,12 @@ class MilvusIndex:
     # ---- contents --------------------------------------------------------------------------
 
     def __len__(self) -> int:
+        """The exact item count: a Strong read (a Session count on Milvus Lite was seen to
+        lag the inserts that had just returned, under load)."""
         coll = self._collection()
         try:
             rows = self._reloading(lambda: coll.query("", output_fields=["count(*)"],
-                                                      consistency_level=self._level()))
+                                                      consistency_level="Strong"))
         except self._pm.MilvusException as exc:
             raise MilvusError(f"{self._where()}: cannot count the items: "
                               f"{exc.message}") from None
@@ -629,7 +368,7 @@ class MilvusIndex:
             chunk = present[s : s + ID_CHUNK]
             self._deleted_now()
             try:
-                coll.delete(f"{_PK} in {chunk.tolist()}")
+                coll.delete(f"{PK} in {chunk.tolist()}")
             except self._pm.MilvusException as exc:
                 raise MilvusError(f"{self._where()}: delete of {len(chunk)} ids failed: "
                                   f"{exc.message}") from None
@@ -641,19 +380,19 @@ class MilvusIndex:
         found, when given). A contiguous run with a ``limit`` is one range query."""
         coll = self._collection()
         if limit is not None and int(ids[-1]) - int(ids[0]) + 1 == len(ids):
-            exprs = [f"{_PK} >= {int(ids[0])} and {_PK} <= {int(ids[-1])}"]
+            exprs = [f"{PK} >= {int(ids[0])} and {PK} <= {int(ids[-1])}"]
         else:
-            exprs = [f"{_PK} in {ids[s : s + ID_CHUNK].tolist()}"
+            exprs = [f"{PK} in {ids[s : s + ID_CHUNK].tolist()}"
                      for s in range(0, len(ids), ID_CHUNK)]
         extra = {} if limit is None else {"limit": limit}
         found: list[int] = []
         for expr in exprs:
             try:
-                rows = coll.query(expr, output_fields=[_PK], consistency_level="Strong",
+                rows = coll.query(expr, output_fields=[PK], consistency_level="Strong",
                                   **extra)
             except self._pm.MilvusException as exc:
                 raise MilvusError(f"{self._where()}: id lookup failed: {exc.message}") from None
-            found.extend(int(r[_PK]) for r in rows)
+            found.extend(int(r[PK]) for r in rows)
             if limit is not None and len(found) >= limit:
                 break
         out = np.unique(np.asarray(found, dtype=np.int64))
@@ -690,7 +429,7 @@ class MilvusIndex:
 
     def _search_public(self, data: list[bytes], limit: int, param: dict[str, Any],
                        expr: str | None) -> list[tuple[np.ndarray, np.ndarray]]:
-        result = self._collection().search(data, _VECTOR, param, limit=limit, expr=expr,
+        result = self._collection().search(data, VECTOR, param, limit=limit, expr=expr,
                                            consistency_level=self._level())
         return [(np.rint(np.asarray(h.distances, dtype=np.float64)).astype(np.int64),
                  np.asarray(h.ids, dtype=np.int64)) for h in result]
@@ -713,7 +452,7 @@ class MilvusIndex:
             self._fast_search = False
             return None
         request = Prepare.search_requests_with_expr(
-            self.collection, data, _VECTOR, param, limit, expr,
+            self.collection, data, VECTOR, param, limit, expr,
             consistency_level=self._level())
         response = stub.Search(request)
         check_status(response.status)
@@ -758,6 +497,54 @@ class MilvusIndex:
             ids[r, : len(order)] = i[order]
         return dist, ids
 
+    def range_search(self, queries: Any, radius: int, *, packed: bool = False
+                     ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """All items within Hamming distance ``<= radius`` of each query: one ``(distances
+        int32 [m], ids int64 [m])`` pair per query, ranked by ``(distance, id)``.
+
+        One Milvus range search per batch of queries; a query whose result reaches the top-k
+        cap is completed one distance at a time (:meth:`_all_ids_at` for a group larger than
+        the cap), so the answer is complete however many items match (``BIN_FLAT``).
+        """
+        if isinstance(radius, bool) or not isinstance(radius, int | np.integer) or radius < 0:
+            raise ValueError(f"radius must be a non-negative integer; got {radius!r}")
+        radius = int(radius)
+        q = self._as_packed(queries, packed, "queries")
+        if q.shape[0] == 0:
+            return []
+        extra = {"nprobe": self.nprobe} if self.index_type == "BIN_IVF_FLAT" else {}
+        rows = self._raw_search(q, MAX_TOPK, {"radius": radius + 1, "range_filter": 0, **extra})
+        out = []
+        for r, (d, i) in enumerate(rows):
+            if len(i) >= MAX_TOPK:  # cut at the cap: read it distance by distance
+                parts = [self._all_ids_at(q[r : r + 1], dist) for dist in range(radius + 1)]
+                d = np.concatenate([np.full(len(p), dist, np.int64)
+                                    for dist, p in enumerate(parts)])
+                i = np.concatenate(parts)
+            order = np.lexsort((i, d))
+            out.append((d[order].astype(np.int32), i[order].astype(np.int64)))
+        return out
+
+    def _all_ids_at(self, q: np.ndarray, distance: int) -> np.ndarray:
+        """Every id at exactly ``distance`` from the one query ``q``: one range search, or id
+        windows (halved while full, doubled after each complete one) when the group is larger
+        than the top-k cap."""
+        params = {"radius": distance + 1, "range_filter": distance}
+        found: list[np.ndarray] = []
+        lo, width = 0, MAX_TOPK
+        while True:
+            (_, rest), = self._raw_search(q, MAX_TOPK, params, expr=f"{PK} >= {lo}")
+            if len(rest) < MAX_TOPK:
+                found.append(rest)
+                return np.concatenate(found)
+            (_, got), = self._raw_search(q, MAX_TOPK, params,
+                                         expr=f"{PK} >= {lo} and {PK} < {lo + width}")
+            if len(got) >= MAX_TOPK and width > 1:
+                width //= 2
+                continue
+            found.append(got)
+            lo, width = lo + width, width * 2
+
     def _exact_search(self, q: np.ndarray, kk: int, n: int | None
                       ) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per query: candidates holding every item of the exact top ``kk`` by (distance, id)
@@ -800,8 +587,8 @@ class MilvusIndex:
         count, lo, width = 0, 0, max(1, upper + 1)
         while count < need:
             hi = lo + width
-            (_, got), = self._raw_search(q, MAX_TOPK, params, expr=f"{_PK} >= {lo} and "
-                                                                  f"{_PK} < {hi}")
+            (_, got), = self._raw_search(q, MAX_TOPK, params, expr=f"{PK} >= {lo} and "
+                                                                  f"{PK} < {hi}")
             if len(got) >= MAX_TOPK and width > 1:
                 width //= 2
                 continue

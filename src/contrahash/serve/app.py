@@ -4,8 +4,10 @@ Routes: ``/`` (the page), ``/static/*`` (its assets), ``/healthz`` (open), ``/ap
 protected by :class:`TokenMiddleware` when a token is set, before the body is read), ``/docs`` (Swagger UI, served from the ``swagger_ui_bundle``
 package when installed so it works offline) and ``/openapi.json``.
 
-Error mapping: ``KeyError`` → 404, :class:`InvalidImageError` → 422, parameter errors → 422,
-a body over the limit → 413; every error body is ``{"detail": "<one line>"}``.
+Error mapping: :class:`UnknownItemError` → 404 naming the id, :class:`InvalidImageError` → 422,
+parameter errors → 422, a body over the limit → 413, anything else → 500 (logged with its
+traceback: a bare ``KeyError`` is a bug, not an unknown item); every error body is
+``{"detail": "<one line>"}``.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from contrahash.serve.batching import MicroBatcher
 from contrahash.serve.deps import ServeState
 from contrahash.serve.middleware import LimitsMiddleware, TokenMiddleware
 from contrahash.serve.settings import ServeSettings
-from contrahash.serve.types import Collection, InvalidImageError
+from contrahash.serve.types import Collection, InvalidImageError, UnknownItemError
 
 log = logging.getLogger(__name__)
 
@@ -111,10 +113,16 @@ def create_app(collection: Collection, settings: ServeSettings | None = None) ->
 
 
 def _error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(KeyError)
-    async def unknown_item(_: Request, exc: KeyError) -> JSONResponse:
-        key = exc.args[0] if exc.args else "?"
-        return JSONResponse({"detail": f"unknown item id {key}"}, status_code=404)
+    @app.exception_handler(UnknownItemError)
+    async def unknown_item(_: Request, exc: UnknownItemError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        log.error("internal error on %s %s", request.method, request.url.path,
+                  exc_info=(type(exc), exc, exc.__traceback__))
+        return JSONResponse({"detail": "internal server error (logged on the server)"},
+                            status_code=500)
 
     @app.exception_handler(InvalidImageError)
     async def invalid_image(_: Request, exc: InvalidImageError) -> JSONResponse:

@@ -15,6 +15,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from contrahash.retrieval.duplicates import DEFAULT_RADIUS, PERCEPTUAL_BITS, find_duplicates
 from contrahash.serve.deps import get_state, item_fields
 from contrahash.serve.models import DuplicateMemberResponse, DuplicatesResponse, ErrorResponse
+from contrahash.serve.types import UnknownItemError
 
 router = APIRouter()
 
@@ -69,7 +70,7 @@ async def duplicates(
         for m in group:
             try:
                 item = collection.item(m.id)
-            except KeyError:  # removed since the groups were computed (reload in flight)
+            except UnknownItemError:  # removed since the groups were computed (a reload)
                 continue
             members.append(DuplicateMemberResponse(**item_fields(request, item),
                                                    distance=m.distance, exact=m.exact))

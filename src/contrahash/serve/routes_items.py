@@ -13,6 +13,7 @@ from fastapi.responses import FileResponse
 
 from contrahash.serve.deps import get_state, item_response
 from contrahash.serve.models import AlbumInfo, AlbumsResponse, ErrorResponse, ItemResponse
+from contrahash.serve.types import UnknownItemError
 
 router = APIRouter()
 
@@ -50,13 +51,13 @@ async def get_original(request: Request, item_id: ItemId) -> FileResponse:
     """The file the item was indexed from, as it is on the server's disk now. Addressed by id
     only: the collection maps the id to its path; nothing in the request names a file."""
     state = get_state(request)
-    item = state.collection.item(item_id)  # KeyError -> 404, removed items included
+    item = state.collection.item(item_id)  # UnknownItemError -> 404, removed ones too
     try:
         path = state.collection.original_path(item_id)
     except (AttributeError, NotImplementedError):
         raise HTTPException(404, "this collection does not keep its items' original files"
                             ) from None
-    except KeyError:
+    except (UnknownItemError, FileNotFoundError):  # removed meanwhile, or no file here
         path = None
     if path is None or not path.is_file():
         raise HTTPException(404, f"the original file of item {item_id} is no longer there "

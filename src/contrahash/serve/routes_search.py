@@ -134,7 +134,7 @@ async def search_by_id(
         raise HTTPException(422, "give exactly one of id or code")
     start = time.perf_counter()
     if id is not None:
-        query_item = state.collection.item(id)  # KeyError -> 404
+        query_item = state.collection.item(id)  # UnknownItemError -> 404
         hits, more = await _ranked(state, _by_ids(state), id, k_, offset, bits_, album,
                                    max_distance)
         q = item_fields(request, query_item)

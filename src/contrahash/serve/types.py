@@ -2,7 +2,7 @@
 
 :class:`Collection` is a structural :class:`typing.Protocol`: the real implementation
 (``contrahash.retrieval.collection``) and the test fake both satisfy it without inheriting from it.
-:class:`Hit`, :class:`Item` and :class:`InvalidImageError` live here so that every
+:class:`Hit`, :class:`Item`, :class:`InvalidImageError` and :class:`UnknownItemError` live here so that every
 implementation imports them from one place.
 """
 
@@ -14,7 +14,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["Collection", "Hit", "InvalidImageError", "Item"]
+__all__ = ["Collection", "Hit", "InvalidImageError", "Item", "UnknownItemError"]
 
 
 class InvalidImageError(ValueError):
@@ -22,6 +22,24 @@ class InvalidImageError(ValueError):
 
     The message says what is wrong; the service returns it to the client with status 422.
     """
+
+
+class UnknownItemError(KeyError):
+    """No item with this id in the collection (never stored, or removed); the service answers
+    404 naming the id.
+
+    The service maps this exception only: any other ``KeyError`` is a bug and surfaces as a
+    500 (logged), never as "unknown item". It subclasses ``KeyError`` so that callers written
+    against "``KeyError`` when unknown" keep working.
+    """
+
+    def __init__(self, item_id: Any, detail: str | None = None) -> None:
+        self.item_id = item_id
+        super().__init__(detail or f"unknown item id {item_id}: not in the collection "
+                                   "(never stored, or removed)")
+
+    def __str__(self) -> str:  # KeyError's own str() quotes the message
+        return str(self.args[0])
 
 
 class Hit(NamedTuple):
@@ -73,11 +91,11 @@ class Collection(Protocol):
         ...
 
     def item(self, item_id: int) -> Item:
-        """The item with this id; ``KeyError`` when unknown."""
+        """The item with this id; :class:`UnknownItemError` when unknown."""
         ...
 
     def thumbnail(self, item_id: int) -> bytes:
-        """JPEG bytes of the item's thumbnail; ``KeyError`` when unknown."""
+        """JPEG bytes of the item's thumbnail; :class:`UnknownItemError` when unknown."""
         ...
 
     def decode_image(self, data: bytes) -> np.ndarray:
@@ -97,11 +115,12 @@ class Collection(Protocol):
         ...
 
     def search_ids(self, ids: list[int], k: int, bits: int) -> list[list[Hit]]:
-        """Like :meth:`search_codes`, the queries being stored items (``KeyError`` if unknown)."""
+        """Like :meth:`search_codes`, the queries being stored items
+        (:class:`UnknownItemError` if one is unknown)."""
         ...
 
     def random_id(self) -> int:
-        """The id of a random item."""
+        """The id of a random item (:class:`UnknownItemError` when the collection is empty)."""
         ...
 
     def live_ids(self) -> np.ndarray:
@@ -114,12 +133,14 @@ class Collection(Protocol):
         ...
 
     def codes_of(self, ids: list[int], bits: int) -> np.ndarray:
-        """The stored ±1 codes of ``ids`` at ``bits`` (``KeyError`` for an unknown id)."""
+        """The stored ±1 codes of ``ids`` at ``bits`` (:class:`UnknownItemError` for an
+        unknown id)."""
         ...
 
     def original_path(self, item_id: int) -> Path:
-        """Where the item's original file is on this machine (``KeyError`` when the id is
-        unknown or removed). The service serves it by id; the path is never sent."""
+        """Where the item's original file is on this machine (:class:`UnknownItemError` when
+        the id is unknown or removed; ``FileNotFoundError`` when the item has no file here).
+        The service serves it by id; the path is never sent."""
         ...
 
     def reload(self) -> bool:
