@@ -21,7 +21,7 @@ Three pieces, each usable alone:
   ``match_hamming_thres`` (popcount, GIL released, on worker threads) — and a pair is kept
   only by the first part that makes it a candidate. A plain pigeonhole (``r + 1`` exact
   substrings of ~5 bits) would not filter at near-duplicate radii; uneven thresholds over
-  4–7 parts of 9–16 bits make the candidates about 1/25 to 1/250 of all pairs. The split is
+  4–7 parts of 9–16 bits make the candidates about 1/9 to 1/60 of all pairs. The split is
   chosen by a cost model evaluated on the codes' own bucket counts (candidate pairs, rows
   gathered, buckets), and when no split beats it — few codes, large radii — every pair is
   scanned instead. ``docs/duplicates.md`` measures both.
