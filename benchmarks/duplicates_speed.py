@@ -10,12 +10,16 @@ near-duplicate copies (2–8 bits flipped, what resizing, re-compression or a cr
 an exact copy. The time depends on n (the join is an exact half n² scan), hardly on the data;
 the data decides how many pairs and groups come out, which is printed.
 
+``--method scan`` times the scan of every pair (the join before the partition filter) instead
+of ``auto``, so old and new can be measured back to back under the same load; ``--method
+both`` times both on the same codes, in turn, and checks they give the same groups.
+
 ``--serve N`` also times the service on a stub collection of N such items: the first
 ``GET /api/duplicates`` (computes the groups), a later page (served from the per-snapshot
 cache), and ``GET /healthz`` while the groups are being computed (the service stays
 responsive: the join runs in a worker thread and faiss releases the GIL).
 
-Final line: ``dup_100k_s=<seconds> dup_1m_s=<seconds>``.
+Final line: ``dup_100k_s=<seconds> dup_1m_s=<seconds>`` (and ``dup_1m_scan_s=`` … for ``scan``).
 """
 
 from __future__ import annotations
@@ -142,6 +146,8 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--radius", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--method", choices=["auto", "partition", "scan", "both"],
+                        default="auto", help="radius_pairs' method (both: auto, then scan)")
     parser.add_argument("--serve", type=int, default=0,
                         help="also time /api/duplicates on a stub collection of this size")
     args = parser.parse_args()
@@ -159,15 +165,23 @@ def main() -> None:
     seconds = {}
     for n in args.sizes:
         codes = library_codes(real, n, args.seed + n)
-        start = time.perf_counter()
-        groups = duplicate_groups(np.arange(n), codes, radius)
-        seconds[n] = time.perf_counter() - start
-        grouped = sum(len(g) for g in groups)
-        print(f"n={n:,}: {len(groups):,} groups, {grouped:,} items grouped, largest "
-              f"{len(groups[0]) if groups else 0}, radius {radius}: {seconds[n]:.1f} s",
-              flush=True)
-    names = {100_000: "dup_100k_s", 1_000_000: "dup_1m_s"}
-    print(" ".join(f"{names.get(n, f'dup_{n}_s')}={s:.1f}" for n, s in seconds.items()))
+        methods = ["auto", "scan"] if args.method == "both" else [args.method]
+        found = []
+        for method in methods:
+            start = time.perf_counter()
+            groups = duplicate_groups(np.arange(n), codes, radius, method=method)
+            seconds[n, method] = time.perf_counter() - start
+            grouped = sum(len(g) for g in groups)
+            print(f"n={n:,} ({method}): {len(groups):,} groups, {grouped:,} items grouped, "
+                  f"largest {len(groups[0]) if groups else 0}, radius {radius}: "
+                  f"{seconds[n, method]:.1f} s, {os.getloadavg()[0]:.1f} load average",
+                  flush=True)
+            found.append([[m.id for m in g] for g in groups])
+        if len(found) > 1 and found[0] != found[1]:
+            raise SystemExit(f"n={n:,}: auto and scan gave different groups")
+    names = {100_000: "dup_100k", 1_000_000: "dup_1m"}
+    print(" ".join(f"{names.get(n, f'dup_{n}')}{'' if m == 'auto' else '_' + m}_s={s:.1f}"
+                   for (n, m), s in seconds.items()))
 
 
 if __name__ == "__main__":

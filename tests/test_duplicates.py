@@ -67,15 +67,62 @@ def clustered_codes(draw):
     return codes, radius
 
 
-@settings(max_examples=60, deadline=None)
-@given(clustered_codes(), st.sampled_from([3, 16, 8192]))
-def test_radius_pairs_equals_brute_force(case, block):
-    codes, radius = case
-    i, j, d = radius_pairs(codes, radius, block=block)
+def assert_brute_force_pairs(codes: np.ndarray, radius: int, **kwargs) -> None:
+    i, j, d = radius_pairs(codes, radius, **kwargs)
     dist = brute_distances(codes) if len(codes) else np.zeros((0, 0), int)
     ri, rj = np.nonzero(np.triu(dist <= radius, 1))
     assert np.array_equal(i, ri) and np.array_equal(j, rj)
     assert np.array_equal(d, dist[ri, rj])
+
+
+@settings(max_examples=60, deadline=None)
+@given(clustered_codes(), st.sampled_from([3, 16, 8192]),
+       st.sampled_from(["auto", "partition", "scan"]), st.sampled_from([1, 2]))
+def test_radius_pairs_equals_brute_force(case, block, method, threads):
+    codes, radius = case
+    assert_brute_force_pairs(codes, radius, block=block, method=method, threads=threads)
+
+
+@pytest.mark.parametrize("method", ["auto", "partition", "scan"])
+@pytest.mark.parametrize("nbytes", [1, 2, 4, 8, 16])
+def test_radius_pairs_edge_cases(method, nbytes):
+    bits = nbytes * 8
+    rng = np.random.default_rng(nbytes)
+    some = rng.integers(0, 256, (40, nbytes), dtype=np.uint8)
+    for codes in (np.zeros((0, nbytes), np.uint8), some[:1], np.repeat(some[:1], 7, axis=0)):
+        for radius in (0, 1, bits // 5, bits, bits + 3):
+            assert_brute_force_pairs(codes, radius, method=method)
+    for radius in (0, 1, 2, bits // 5, bits // 2, bits - 1, bits, bits + 3):
+        assert_brute_force_pairs(some, radius, method=method, threads=2)
+    with pytest.raises(ValueError):
+        radius_pairs(some, -1, method=method)
+
+
+@pytest.mark.parametrize("bits,radius", [(16, 3), (32, 6), (64, 12), (64, 4), (128, 26)])
+def test_partition_filter_on_clustered_codes(bits, radius):
+    """Codes in tight clusters (every split's buckets uneven) and at the radius' edge."""
+    rng = np.random.default_rng(bits + radius)
+    parents = np.unpackbits(rng.integers(0, 256, (60, bits // 8), dtype=np.uint8), axis=1)
+    flips = rng.random((1500, bits)) < rng.choice([0.02, radius / bits / 2, radius / bits], 1500)[:, None]
+    codes = np.packbits(parents[rng.integers(0, 60, 1500)] ^ flips, axis=1)
+    for method in ("partition", "auto"):
+        assert_brute_force_pairs(codes, radius, method=method, threads=2)
+
+
+def test_auto_uses_the_filter_at_scale_with_the_pairs_of_the_scan():
+    from contrahash.duplicates import _partition_plan
+
+    rng = np.random.default_rng(5)
+    parents = np.unpackbits(rng.integers(0, 256, (3000, 8), dtype=np.uint8), axis=1)
+    bits = parents[rng.integers(0, 3000, 60_000)] ^ (rng.random((60_000, 64)) < 0.08)
+    codes = np.unique(np.packbits(bits, axis=1), axis=0)
+    assert _partition_plan(codes, DEFAULT_RADIUS, 2) is not None
+    auto = radius_pairs(codes, DEFAULT_RADIUS)
+    scan = radius_pairs(codes, DEFAULT_RADIUS, method="scan")
+    assert len(auto[0]) > 1000
+    assert all(np.array_equal(a, b) for a, b in zip(auto, scan, strict=True))
+    with pytest.raises(ValueError):
+        radius_pairs(codes[:3], 2, method="index")
 
 
 @settings(max_examples=40, deadline=None)
