@@ -110,7 +110,7 @@ def test_partition_filter_on_clustered_codes(bits, radius):
 
 
 def test_auto_uses_the_filter_at_scale_with_the_pairs_of_the_scan():
-    from contrahash.duplicates import _partition_plan
+    from contrahash.retrieval.duplicates import _partition_plan
 
     rng = np.random.default_rng(5)
     parents = np.unpackbits(rng.integers(0, 256, (3000, 8), dtype=np.uint8), axis=1)
