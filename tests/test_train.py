@@ -21,7 +21,8 @@ from contrahash.retrieval.encode import encode_run
 from contrahash.training.neighbours import mine_neighbours
 from contrahash.training.providers import feature_view_batches
 from contrahash.training.rundir import RunDirectory
-from contrahash.training.train import TrainingError, train_run
+from contrahash.training.loop import TrainingError
+from contrahash.training.train import train_run
 
 DIGITS = [
     "data.source=digits",
@@ -215,7 +216,7 @@ def test_feature_cache_resumes_partial(tmp_path):
 
 
 def test_train_on_features_rejects_tiny_sets():
-    from contrahash.training.train import train_on_features
+    from contrahash.training.loop import train_on_features
 
     with pytest.raises(ValueError, match="at least 2 images"):
         train_on_features(build_method("cibhash", 4, [4]), torch.randn(1, 2, 4), epochs=1,
