@@ -33,9 +33,9 @@ from contrahash.models.features import (  # noqa: E402
     default_eval_batch_size,
 )
 from contrahash.runtime import tune_cpu_allocator  # noqa: E402
-from contrahash.training.providers import Epoch, make_image_forward  # noqa: E402
 from contrahash.training.loop import run_epoch, train_on_features  # noqa: E402
 from contrahash.training.optim import make_optimizer  # noqa: E402
+from contrahash.training.providers import Epoch, make_image_forward  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:

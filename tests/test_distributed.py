@@ -90,7 +90,8 @@ def test_two_process_training_resumes_bit_identically(tmp_path):
 
 
 def test_two_nodes_rendezvous_on_localhost(tmp_path):
-    """The multi-machine path: two torchrun "nodes" (one process each) on this machine."""
+    """The multi-machine path: two torchrun "nodes" (one process each) on this machine train
+    what one process trains: the same epoch losses and weights (tolerance 1e-5)."""
     port = str(free_port())
     run = tmp_path / "run"
     common = ["--nnodes", "2", "--nproc-per-node", "1", "--master-addr", "127.0.0.1",
@@ -101,9 +102,31 @@ def test_two_nodes_rendezvous_on_localhost(tmp_path):
                               stderr=subprocess.PIPE, text=True) for rank in range(2)]
     outputs = [node.communicate(timeout=300) for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], outputs[0][1][-2000:]
-    results = json.loads((run / "results.json").read_text())
-    assert results["bits"]["16"]["map"] > 0
     assert json.loads((run / "environment.json").read_text())["world_size"] == 2
+    single = tmp_path / "single"
+    one = contrahash("train", *DIGITS, "optim.epochs=2", f"cache.dir={tmp_path / 'cache'}",
+                     "--run-dir", str(single))
+    assert one.returncode == 0, one.stderr[-2000:]
+
+    def epochs(path: Path) -> list[dict[str, float]]:
+        return [json.loads(x) for x in (path / "metrics.jsonl").read_text().splitlines()]
+
+    two, alone = epochs(run), epochs(single)
+    assert len(two) == len(alone) == 2
+    for a, b in zip(alone, two, strict=True):
+        losses = [k for k in a if k == "loss" or k[-1].isdigit()]
+        assert set(losses) <= set(b) and "neighbour_16" in losses
+        for key in losses:
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), key
+    from safetensors.numpy import load_file
+
+    w1, w2 = load_file(str(single / "model.safetensors")), load_file(str(run / "model.safetensors"))
+    assert set(w1) == set(w2) and w1
+    for key in w1:
+        np.testing.assert_allclose(w2[key], w1[key], rtol=1e-5, atol=1e-6, err_msg=key)
+    a, b = (json.loads((p / "results.json").read_text())["bits"] for p in (single, run))
+    for bits in a:
+        assert b[bits]["map"] == pytest.approx(a[bits]["map"], abs=1e-6), bits
 
 
 def test_two_processes_build_the_same_collection_and_caches(tmp_path):

@@ -86,7 +86,7 @@ class FDBH(HashMethod):
         neighbour_prob: float = 1.0
         neighbour_k: int = 5
         neighbour_pool: str = "database"
-        neighbour_mode: str = "extra"  # why: docs/results.md, "FDBH ablation at 224 px"
+        neighbour_mode: str = "extra"  # why: docs/results.md, "FDBH's neighbour recipe: the validation sweep"
         neighbour_weight: float = 1.0
         neighbour_refresh: int = 0
 
@@ -104,8 +104,9 @@ class FDBH(HashMethod):
                 raise ValueError(f"fdbh: neighbour_prob must be in [0, 1], got {self.neighbour_prob}")
             try:  # k, pool, prob ≤ 1 and refresh: NeighbourSpec's checks (prob 0 = off, valid)
                 self.neighbour_spec()
-            except ValueError as error:
-                raise ValueError(f"fdbh: {error} (method_config.neighbour_*)") from None
+            except ValueError as error:  # "neighbour k must …" names the key neighbour_k
+                raise ValueError(f"fdbh: {str(error).replace('neighbour ', 'neighbour_', 1)}"
+                                 ) from None
 
         def neighbour_spec(self) -> NeighbourSpec:
             """The neighbour spec these settings ask for (prob 0, "off", checked as 1)."""

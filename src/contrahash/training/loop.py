@@ -22,7 +22,8 @@ from contrahash.losses.context import LOCAL, BatchContext
 from contrahash.methods.base import HashMethod, OptimSpec, StepInfo
 from contrahash.progress import Progress, ProgressCallback, as_progress
 from contrahash.training.optim import batch_size_for, make_optimizer, set_epoch_lr
-from contrahash.training.providers import Epoch, feature_view_batches
+from contrahash.training.providers.base import Epoch
+from contrahash.training.providers.sampling import feature_view_batches
 
 __all__ = ["EpochFactory", "TrainingError", "epoch_seed", "run_epoch", "train_epochs",
            "train_on_features"]
