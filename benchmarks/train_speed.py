@@ -5,7 +5,7 @@
 Synthetic 32×32 uint8 images (CIFAR-sized) live on the device; each step takes a batch,
 makes two augmented 224 px views per image (the batched GPU recipe), runs the frozen backbone
 once on both views (bf16, channels-last on CUDA) and trains a CIBHash head — the trainer's own
-code path (`providers.make_image_forward` + `train.run_epoch`). Images/s counts images, not
+code path (`providers.make_image_forward` + `loop.run_epoch`). Images/s counts images, not
 views. The process's thread policy (contrahash.runtime) is applied before torch loads, as the
 CLI does.
 Final line: ``train_img_per_s=<x> encode_img_per_s=<y>`` (+ ``cache_head_img_per_s=<z>`` on CPU).

@@ -1,9 +1,11 @@
 """The contract every hashing method fulfils, and the registry that names them.
 
 A method is an ``nn.Module`` holding its heads (one per code length, so 16/32/64 bits
-train from one backbone forward) and computing its own loss from backbone outputs.
-The one training loop (:mod:`contrahash.training.train`) owns data, augmentation, backbone,
-optimiser, checkpoints; the method owns heads, losses and how codes are read out.
+train from one backbone forward) and computing its own loss from backbone outputs: the
+base class loops over the code lengths, a method returns each one's named terms
+(:meth:`HashMethod.code_loss`). The one training loop (:mod:`contrahash.training.loop`, run
+by :mod:`contrahash.training.train`) owns data, augmentation, backbone, optimiser,
+checkpoints; the method owns heads, losses and how codes are read out.
 
 Configuration: each method declares a ``Config`` dataclass whose defaults follow
 ``docs/methods.md``; :func:`make_config` rejects unknown keys with a message naming them. The registry of
