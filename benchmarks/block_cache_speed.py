@@ -10,7 +10,7 @@ For each N (blocks trained, of 18: stem, 16 MBConv, head):
   conversion included (what building the cache costs per view, augmentation excluded);
 * suffix train: images/s of CIBHash training from cached float16 activations, two views per
   image, batch 64 (both views in one ``forward_from`` call, as the trainer does), backward and
-  an Adam step over the head and the last N blocks (``contrahash.training.train.make_optimizer``);
+  an Adam step over the head and the last N blocks (``contrahash.training.optim.make_optimizer``);
 * suffix eval: images/s of ``forward_from`` in eval mode without autograd (encoding the
   evaluated images from their cached block inputs);
 * cache: bytes per cached view (float16), and its precision on 16 images (``--data``: real
@@ -43,7 +43,7 @@ from contrahash.methods import OptimSpec, StepInfo, build_method
 from contrahash.models.backbones import Backbone, build_backbone
 from contrahash.models.features import autocast_dtype, autocast_for, backbone_inputs
 from contrahash.runtime import tune_cpu_allocator
-from contrahash.training.train import make_optimizer
+from contrahash.training.optim import make_optimizer
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

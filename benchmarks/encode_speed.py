@@ -53,7 +53,7 @@ def lite0_model(engine: str, amp: bool = True, bits: int = 64) -> HashingModel:
 def train_head(model: HashingModel, images: object, rows: np.ndarray, epochs: int) -> None:
     """Train the model's FDBH head on two views per image (flip; 87.5 % crop) of torch
     features."""
-    from contrahash.training.train import train_on_features
+    from contrahash.training.loop import train_on_features
 
     size = model.image_size
 

@@ -5,7 +5,7 @@
 Synthetic 32×32 uint8 images (CIFAR-sized) live on the device; each step takes a batch,
 makes two augmented 224 px views per image (the batched GPU recipe), runs the frozen backbone
 once on both views (bf16, channels-last on CUDA) and trains a CIBHash head — the trainer's own
-code path (`providers.make_image_forward` + `train.run_epoch`). Images/s counts images, not
+code path (`providers.make_image_forward` + `loop.run_epoch`). Images/s counts images, not
 views. The process's thread policy (contrahash.runtime) is applied before torch loads, as the
 CLI does.
 Final line: ``train_img_per_s=<x> encode_img_per_s=<y>`` (+ ``cache_head_img_per_s=<z>`` on CPU).
@@ -33,8 +33,9 @@ from contrahash.models.features import (  # noqa: E402
     default_eval_batch_size,
 )
 from contrahash.runtime import tune_cpu_allocator  # noqa: E402
+from contrahash.training.loop import run_epoch, train_on_features  # noqa: E402
+from contrahash.training.optim import make_optimizer  # noqa: E402
 from contrahash.training.providers import Epoch, make_image_forward  # noqa: E402
-from contrahash.training.train import make_optimizer, run_epoch, train_on_features  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:

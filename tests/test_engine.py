@@ -66,7 +66,7 @@ def lite0_cifar(tmp_path_factory):
     """256 CIFAR-10 JPEGs (all classes) upscaled to 224 px; the torch fp32 and bf16 features
     of Lite0 with its ImageNet weights; an FDBH 64-bit head trained on torch features."""
     from contrahash.data import load_source
-    from contrahash.training.train import train_on_features
+    from contrahash.training.loop import train_on_features
 
     dataset = load_source(str(_cifar()))
     rows = np.linspace(0, len(dataset.images) - 1, 192).astype(np.int64)

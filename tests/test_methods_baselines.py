@@ -20,7 +20,7 @@ from contrahash.methods.shallow import itq_rotation
 from contrahash.methods.wch import mutual_attention, patch_similarity, weighted_target
 from contrahash.methods.wta import harr_structure
 from contrahash.models.model import encode_features
-from contrahash.training.train import train_on_features
+from contrahash.training.loop import train_on_features
 
 BASELINES = ["harr", "nsh", "wch", "bihalf", "greedyhash", "lsh", "pcah", "itq"]
 TRAINABLE = ["harr", "nsh", "wch", "bihalf", "greedyhash"]

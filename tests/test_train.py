@@ -16,12 +16,13 @@ from contrahash.data.protocols import load_split
 from contrahash.evaluation.evaluate import evaluate, evaluate_run
 from contrahash.methods import OptimSpec, build_method
 from contrahash.models.features import FeatureCache, autocast_dtype, autocast_for
-from contrahash.models.model import load_trained
+from contrahash.models.model import build_model, load_trained
 from contrahash.retrieval.encode import encode_run
+from contrahash.training.loop import TrainingError
 from contrahash.training.neighbours import mine_neighbours
 from contrahash.training.providers import feature_view_batches
 from contrahash.training.rundir import RunDirectory
-from contrahash.training.train import TrainingError, train_run
+from contrahash.training.train import train_run
 
 DIGITS = [
     "data.source=digits",
@@ -116,6 +117,14 @@ def test_end_to_end_path_trains_and_fine_tunes(tmp_path):
     assert ctx_result.images_per_second > 0
     assert "backbone" in "".join(__import__("safetensors.torch").torch.load_file(
         str(ctx_result.run_dir / "model.safetensors")).keys())
+    # the last block trained, the blocks below it kept their (seeded) initial weights
+    initial = dict(build_model(cfg, torch.device("cpu")).backbone.named_parameters())
+    _, trained = load_trained(ctx_result.run_dir)
+    after = dict(trained.backbone.named_parameters())
+    tuned = {name for name, p in initial.items() if p.requires_grad}
+    assert tuned and tuned != set(initial)
+    for name, p in initial.items():
+        assert torch.equal(p.detach(), after[name].detach().cpu()) == (name not in tuned), name
     codes, dataset = encode_run(ctx_result.run_dir)
     assert codes[16].shape == (len(dataset.images), 16)
     assert set(np.unique(codes[16])) <= {-1, 1}
@@ -215,7 +224,7 @@ def test_feature_cache_resumes_partial(tmp_path):
 
 
 def test_train_on_features_rejects_tiny_sets():
-    from contrahash.training.train import train_on_features
+    from contrahash.training.loop import train_on_features
 
     with pytest.raises(ValueError, match="at least 2 images"):
         train_on_features(build_method("cibhash", 4, [4]), torch.randn(1, 2, 4), epochs=1,

@@ -19,8 +19,8 @@ import torch.distributed as dist
 
 from contrahash.methods import StepInfo, build_method
 from contrahash.models.backbones import build_backbone
-from contrahash.training.distributed import BatchGroup, DistributedContext, global_batchnorm
-from contrahash.training.train import make_optimizer, resolve_optim
+from contrahash.training.distributed import DistributedContext, batch_context, global_batchnorm
+from contrahash.training.optim import make_optimizer, resolve_optim
 
 GLOBAL_BATCH, DIM = 16, 24
 CONFIGS = {
@@ -34,16 +34,16 @@ def main() -> None:
     name, out = sys.argv[1], sys.argv[2]
     rank, world = (int(sys.argv[3]), int(sys.argv[4])) if len(sys.argv) > 3 else (0, 1)
     torch.set_num_threads(1)
-    group = None
     if world > 1:
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{sys.argv[5]}",
                                 rank=rank, world_size=world)
-        group = BatchGroup(DistributedContext(rank, world, 0, "gloo"), GLOBAL_BATCH)
+    batch = batch_context(DistributedContext(rank, world, 0, "gloo" if world > 1 else "none"),
+                          GLOBAL_BATCH)
     torch.manual_seed(0)
     backbone = None
     if name.endswith("-finetune"):
         backbone = build_backbone("tiny_cnn", random_init=True, finetune_blocks=2, image_size=16)
-        if group is not None:
+        if world > 1:
             global_batchnorm(backbone, torch.device("cpu"))
             backbone.refresh_blocks()
         backbone.train()
@@ -56,19 +56,17 @@ def main() -> None:
     g = torch.Generator().manual_seed(1)
     shape = (3, 16, 16) if backbone is not None else (DIM,)
     views = [torch.rand(GLOBAL_BATCH, *shape, generator=g) for _ in range(method.n_views)]
-    if group is not None:
-        views = [group.shard(v) for v in views]
+    views = [batch.shard(v) for v in views]
     if backbone is not None:  # all views through the backbone at once, as the trainer does
         views = list(backbone(torch.cat(views)).chunk(method.n_views))
     method.train()
-    step = StepInfo(epoch=0, epochs=2, step=0, steps_per_epoch=3, group=group)
+    step = StepInfo(epoch=0, epochs=2, step=0, steps_per_epoch=3, batch=batch)
     result = method.training_loss(views, step)
     optimizer.zero_grad()
     result.loss.backward()
     loss = result.loss.detach()
-    if group is not None:
-        group.sum_grads(params)
-        (loss,) = group.sum_values([loss])
+    batch.sum_grads(params)
+    (loss,) = batch.sum_values([loss])
     named = list(method.named_parameters())
     if backbone is not None:
         named += [(f"backbone.{k}", p) for k, p in backbone.named_parameters()]
@@ -80,7 +78,7 @@ def main() -> None:
             state.update({f"backbone.{k}": v.detach().numpy()
                           for k, v in backbone.state_dict().items()})
         np.savez(out, loss=loss.numpy(), **state, **grads)
-    if group is not None:
+    if world > 1:
         dist.destroy_process_group()
 
 

@@ -57,8 +57,8 @@ def user_message(exc: BaseException) -> str | None:
     from contrahash.data import DataError
     from contrahash.locks import LockedError
     from contrahash.retrieval.index import IndexFormatError
+    from contrahash.training.loop import TrainingError
     from contrahash.training.rundir import RunStateError
-    from contrahash.training.train import TrainingError
 
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         where = f" writing {exc.filename}" if exc.filename else ""

@@ -1,8 +1,14 @@
-"""Loss functions, one per module (plain functions; methods compose them)."""
+"""Loss functions, one per module (plain functions; methods compose them).
+
+A loss that reduces over the batch takes a :class:`~contrahash.losses.context.BatchContext`
+(``ctx``, default the one-process :data:`~contrahash.losses.context.LOCAL`): the same code is
+the loss of one process's batch and this process's share of a global batch's loss.
+"""
 
 from contrahash.losses.bernoulli_kl import bernoulli_kl_rows, symmetric_bernoulli_kl
 from contrahash.losses.bit_balance import bit_balance_loss
 from contrahash.losses.bit_correlation import bit_correlation_loss
+from contrahash.losses.context import LOCAL, BatchContext
 from contrahash.losses.cosine_quantization import cosine_quantization_loss
 from contrahash.losses.cubic_quantization import cubic_quantization_loss
 from contrahash.losses.decorrelation import decorrelation_loss
@@ -17,6 +23,8 @@ from contrahash.losses.squared_quantization import squared_quantization_loss
 from contrahash.losses.wta_contrastive import wta_contrastive_loss
 
 __all__ = [
+    "LOCAL",
+    "BatchContext",
     "bit_balance_loss",
     "bit_correlation_loss",
     "cosine_quantization_loss",

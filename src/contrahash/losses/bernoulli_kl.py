@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from contrahash.losses.context import LOCAL, BatchContext
+
 
 def bernoulli_kl_rows(p: torch.Tensor, q: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
     """KL(Bern(p) ‖ Bern(q)) summed over bits, per row ``[N]``."""
@@ -18,11 +20,14 @@ def bernoulli_kl(p: torch.Tensor, q: torch.Tensor, eps: float = 1e-7) -> torch.T
     return bernoulli_kl_rows(p, q, eps).mean()
 
 
-def symmetric_bernoulli_kl(p1: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:
-    """½[KL(Bern(p1) ‖ Bern(sg p2)) + KL(Bern(p2) ‖ Bern(sg p1))], as CIBHash's official code.
+def symmetric_bernoulli_kl(p1: torch.Tensor, p2: torch.Tensor, ctx: BatchContext = LOCAL
+                           ) -> torch.Tensor:
+    """½[KL(Bern(p1) ‖ Bern(sg p2)) + KL(Bern(p2) ‖ Bern(sg p1))], as CIBHash's official code;
+    each KL averaged over the (global) batch's rows.
 
     >>> p = torch.full((2, 3), 0.3)
     >>> float(symmetric_bernoulli_kl(p, p))
     0.0
     """
-    return 0.5 * (bernoulli_kl(p1, p2.detach()) + bernoulli_kl(p2, p1.detach()))
+    return 0.5 * (ctx.share_of_mean(bernoulli_kl_rows(p1, p2.detach()))
+                  + ctx.share_of_mean(bernoulli_kl_rows(p2, p1.detach())))

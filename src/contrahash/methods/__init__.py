@@ -10,6 +10,8 @@ from contrahash.methods.base import (
     NeighbourSpec,
     OptimSpec,
     StepInfo,
+    Term,
+    Terms,
     make_config,
 )
 from contrahash.methods.bihalf import BiHalf
@@ -54,6 +56,8 @@ __all__ = [
     "NeighbourSpec",
     "OptimSpec",
     "StepInfo",
+    "Term",
+    "Terms",
     "build_method",
     "make_config",
     "CIBHash",

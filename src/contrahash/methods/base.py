@@ -1,9 +1,11 @@
 """The contract every hashing method fulfils, and the registry that names them.
 
 A method is an ``nn.Module`` holding its heads (one per code length, so 16/32/64 bits
-train from one backbone forward) and computing its own loss from backbone outputs.
-The one training loop (:mod:`contrahash.training.train`) owns data, augmentation, backbone,
-optimiser, checkpoints; the method owns heads, losses and how codes are read out.
+train from one backbone forward) and computing its own loss from backbone outputs: the
+base class loops over the code lengths, a method returns each one's named terms
+(:meth:`HashMethod.code_loss`). The one training loop (:mod:`contrahash.training.loop`, run
+by :mod:`contrahash.training.train`) owns data, augmentation, backbone, optimiser,
+checkpoints; the method owns heads, losses and how codes are read out.
 
 Configuration: each method declares a ``Config`` dataclass whose defaults follow
 ``docs/methods.md``; :func:`make_config` rejects unknown keys with a message naming them. The registry of
@@ -19,6 +21,8 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
+
+from contrahash.losses.context import LOCAL, BatchContext
 
 
 @dataclass
@@ -77,9 +81,10 @@ class StepInfo:
 
     ``positions`` are the batch rows' positions in the training split — the row order of the
     features :meth:`HashMethod.fit` was given (HARR looks up its similarity structure by them).
-    ``group`` is None in a single process; in a distributed run it is the
-    :class:`~contrahash.training.distributed.BatchGroup` whose global batch this process holds a
-    slice of (the views are that slice), for losses that need the whole batch.
+    ``batch`` is the batch context every loss reduces through (:mod:`contrahash.losses.context`):
+    the one-process :data:`~contrahash.losses.context.LOCAL`, or in a distributed run the
+    :class:`~contrahash.training.distributed.BatchGroup` whose global batch this process holds
+    a slice of (the views are that slice). It is never None.
     """
 
     epoch: int = 0
@@ -87,7 +92,7 @@ class StepInfo:
     step: int = 0
     steps_per_epoch: int = 1
     positions: torch.Tensor | None = None
-    group: Any = None
+    batch: BatchContext = LOCAL
 
     @property
     def progress(self) -> float:
@@ -108,6 +113,20 @@ class LossOutput:
     parts: dict[str, torch.Tensor | float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Term:
+    """A weighted term of a method's loss: ``weight · value`` enters the total, ``value``
+    (unweighted) is logged. A bare tensor in :meth:`HashMethod.code_loss`'s answer is a term
+    of weight 1."""
+
+    value: torch.Tensor
+    weight: float = 1.0
+
+
+#: one code length's loss as named terms (``{"contrastive": l_c, "quantization": Term(l_q, λ)}``)
+Terms = Mapping[str, torch.Tensor | Term]
+
+
 class HashMethod(nn.Module):
     """Base class of trainable and training-free hashing methods: the whole method contract.
 
@@ -126,11 +145,15 @@ class HashMethod(nn.Module):
     ``n_views``               views per image one step takes (may depend on config)   2
     ``neighbours()``          a :class:`NeighbourSpec`, or None                        None
     ``fit(features)``         fit from the training split's test-time features        nothing
-    ``training_loss(views,    loss of one batch; ``step.positions`` are the rows'     —
-    step)``                   positions in the training split
+    ``step_inputs(views,      what every code length's loss shares in a step          the views
+    step)``
+    ``code_loss(bits,         one code length's loss as named :class:`Term` s          —
+    inputs, step)``           (``step.positions``: the rows' places in the split)
+    ``training_loss(views,    Σ over code lengths of :meth:`code_loss`, parts named   the loop
+    step)``                   ``<term>_<bits>``
     ``encode(features)``      ±1 codes per code length                                —
     ``embed(features)``       continuous embedding for re-mining neighbours           refuses
-    ``check_distributed()``   whether the loss is global with ``step.group`` set       refuses
+    ``check_distributed()``   whether the loss is global through ``step.batch``        refuses
     ========================  ======================================================  ==========
 
     Inputs are backbone outputs: ``[N, d]`` feature vectors, or ``[N, T, d]`` token grids
@@ -191,13 +214,39 @@ class HashMethod(nn.Module):
         similarity structure here. Default: nothing.
         """
 
+    def step_inputs(self, views: Sequence[torch.Tensor], step: StepInfo) -> Any:
+        """What the losses of all code lengths share in one step, computed once (a target,
+        a similarity structure, the views concatenated); default: the views themselves."""
+        return views
+
+    def code_loss(self, bits: int, inputs: Any, step: StepInfo) -> Terms:
+        """The named terms of the loss of one code length, from :meth:`step_inputs`; a
+        reduction over the batch goes through ``step.batch`` (one process or many)."""
+        raise NotImplementedError
+
     def training_loss(self, views: Sequence[torch.Tensor], step: StepInfo) -> LossOutput:
-        """Loss for one batch given backbone outputs of :attr:`n_views` augmented views.
+        """Loss for one batch given backbone outputs of :attr:`n_views` augmented views:
+        Σ over code lengths of Σ weight · value of :meth:`code_loss`'s terms; every term is
+        logged (unweighted, detached) as ``<name>_<bits>``.
 
         ``views[v][i]`` belongs to image i of the batch, view v; ``step.positions[i]`` is
         image i's position in the training split.
         """
-        raise NotImplementedError
+        inputs = self.step_inputs(views, step)
+        total: torch.Tensor | None = None
+        parts: dict[str, torch.Tensor | float] = {}
+        for k in self.bits:
+            loss_k: torch.Tensor | None = None
+            for name, term in self.code_loss(k, inputs, step).items():
+                value, weight = (term.value, term.weight) if isinstance(term, Term) else (term, 1.0)
+                weighted = value if weight == 1.0 else weight * value
+                loss_k = weighted if loss_k is None else loss_k + weighted
+                parts[f"{name}_{k}"] = value.detach()
+            if loss_k is None:
+                raise RuntimeError(f"{self.name}: code_loss({k}) returned no term")
+            total = loss_k if total is None else total + loss_k
+        assert total is not None  # bits is never empty (checked in __init__)
+        return LossOutput(total, parts)
 
     # -- inference --------------------------------------------------------------------
     @torch.no_grad()
@@ -206,11 +255,12 @@ class HashMethod(nn.Module):
         raise NotImplementedError
 
     def check_distributed(self) -> None:
-        """Raise ``ValueError`` (saying why) unless :meth:`training_loss` computes the global
-        batch's loss when ``step.group`` is set (:mod:`contrahash.training.distributed`): contrastive
-        negatives from every process, batch statistics over the global batch, this process's
-        share of every mean. The default refuses: a loss written for one process would
-        silently train differently."""
+        """Raise ``ValueError`` (saying why) unless every reduction of :meth:`code_loss` goes
+        through ``step.batch`` (:mod:`contrahash.losses.context`), so that with a
+        :class:`~contrahash.training.distributed.BatchGroup` it computes this process's share of
+        the global batch's loss: contrastive negatives from every process, batch statistics
+        over the global batch, shares of every mean. The default refuses: a loss written with
+        plain batch means would silently train differently."""
         raise ValueError(
             f"method '{self.name}' does not support distributed training: its loss uses "
             "batch statistics that each process would compute on its own rows; train it in "

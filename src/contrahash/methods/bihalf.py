@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from contrahash.losses import half_batch_similarity_mse
-from contrahash.methods.base import HashMethod, LossOutput, MethodConfig, OptimSpec, StepInfo
+from contrahash.methods.base import HashMethod, MethodConfig, OptimSpec, StepInfo, Terms
 from contrahash.models.codes import bihalf_sign, sign_pm1
 
 
@@ -51,25 +51,15 @@ class LinearSimilarityHash(HashMethod):
         """±1 training codes from the head output (with their surrogate gradient)."""
         raise NotImplementedError
 
-    def extra_loss(self, h: torch.Tensor) -> tuple[str, torch.Tensor] | None:
-        """An optional named extra term on the head output (weight included)."""
-        return None
+    def extra_terms(self, h: torch.Tensor) -> Terms:
+        """Further named terms on the head output (none by default)."""
+        return {}
 
-    def training_loss(self, views: Sequence[torch.Tensor], step: StepInfo) -> LossOutput:
-        features = views[0].float()
-        total = features.new_zeros(())
-        parts: dict[str, float] = {}
-        for k in self.bits:
-            h = self.heads[str(k)](features)
-            similarity = half_batch_similarity_mse(self.training_codes(h), features)
-            total = total + similarity
-            parts[f"similarity_{k}"] = similarity.detach()
-            extra = self.extra_loss(h)
-            if extra is not None:
-                name, value = extra
-                total = total + value
-                parts[f"{name}_{k}"] = value.detach()
-        return LossOutput(total, parts)
+    def code_loss(self, bits: int, inputs: Sequence[torch.Tensor], step: StepInfo) -> Terms:
+        features = inputs[0].float()
+        h = self.heads[str(bits)](features)
+        similarity = half_batch_similarity_mse(self.training_codes(h), features)
+        return {"similarity": similarity, **self.extra_terms(h)}
 
     @torch.no_grad()
     def encode(self, features: torch.Tensor) -> dict[int, torch.Tensor]:

@@ -15,13 +15,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from contrahash.losses import bernoulli_kl_rows, nt_xent, symmetric_bernoulli_kl
+from contrahash.losses import nt_xent, symmetric_bernoulli_kl
 from contrahash.methods.base import (
     HashMethod,
-    LossOutput,
     MethodConfig,
     OptimSpec,
     StepInfo,
+    Term,
+    Terms,
     mlp_head,
 )
 from contrahash.models.codes import sign_st
@@ -52,25 +53,12 @@ class CIBHash(HashMethod):
         """Bit probabilities p = sigmoid(head(f)) for one code length."""
         return torch.sigmoid(self.heads[str(bits)](features.float()))
 
-    def training_loss(self, views: Sequence[torch.Tensor], step: StepInfo) -> LossOutput:
-        f1, f2 = views[0], views[1]
-        group = step.group
-        total = f1.new_zeros((), dtype=torch.float32)
-        parts: dict[str, float] = {}
-        for k in self.bits:
-            p1, p2 = self.probabilities(f1, k), self.probabilities(f2, k)
-            b1, b2 = sign_st(p1 - 0.5), sign_st(p2 - 0.5)
-            if group is None:
-                contrastive = nt_xent(b1, b2, self.config.temperature)
-                kl = symmetric_bernoulli_kl(p1, p2)
-            else:  # the global batch's terms, this process's share (contrahash.training.distributed)
-                contrastive = group.nt_xent(b1, b2, self.config.temperature)
-                kl = 0.5 * (group.mean_rows(bernoulli_kl_rows(p1, p2.detach()))
-                            + group.mean_rows(bernoulli_kl_rows(p2, p1.detach())))
-            total = total + contrastive + self.config.beta * kl
-            parts[f"contrastive_{k}"] = contrastive.detach()
-            parts[f"kl_{k}"] = kl.detach()
-        return LossOutput(total, parts)
+    def code_loss(self, bits: int, inputs: Sequence[torch.Tensor], step: StepInfo) -> Terms:
+        c, ctx = self.config, step.batch
+        p1, p2 = self.probabilities(inputs[0], bits), self.probabilities(inputs[1], bits)
+        b1, b2 = sign_st(p1 - 0.5), sign_st(p2 - 0.5)
+        return {"contrastive": nt_xent(b1, b2, c.temperature, ctx=ctx),
+                "kl": Term(symmetric_bernoulli_kl(p1, p2, ctx), c.beta)}
 
     def check_distributed(self) -> None:
         """Supported: negatives gathered from every process, the KL as shares of its mean."""

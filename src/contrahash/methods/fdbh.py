@@ -38,6 +38,8 @@ import torch
 from torch import nn
 
 from contrahash.losses import (
+    LOCAL,
+    BatchContext,
     cosine_reconstruction_loss,
     decorrelation_loss,
     nt_xent,
@@ -45,11 +47,12 @@ from contrahash.losses import (
 )
 from contrahash.methods.base import (
     HashMethod,
-    LossOutput,
     MethodConfig,
     NeighbourSpec,
     OptimSpec,
     StepInfo,
+    Term,
+    Terms,
     mlp_head,
 )
 from contrahash.models.codes import bihalf_sign, sign_pm1, sign_st
@@ -83,33 +86,32 @@ class FDBH(HashMethod):
         neighbour_prob: float = 1.0
         neighbour_k: int = 5
         neighbour_pool: str = "database"
-        # "extra" was chosen on the 64 px validation sweep (results/sweeps/fdbh: +1.5-2 points
-        # over "replace"); at 224 px the ablation finds the two within ±1 point of each other
-        neighbour_mode: str = "extra"
+        neighbour_mode: str = "extra"  # why: docs/results.md, "FDBH's neighbour recipe: the validation sweep"
         neighbour_weight: float = 1.0
         neighbour_refresh: int = 0
 
         def validate(self) -> None:
             if self.fdo not in FDO_MODES:
                 raise ValueError(f"fdbh: fdo must be one of {FDO_MODES}, got '{self.fdo}'")
-            if not 0.0 <= self.neighbour_prob <= 1.0:
-                raise ValueError(f"fdbh: neighbour_prob must be in [0, 1], got {self.neighbour_prob}")
-            if self.neighbour_pool not in ("train", "database"):
-                raise ValueError(
-                    f"fdbh: neighbour_pool must be 'train' or 'database', got '{self.neighbour_pool}'"
-                )
             if self.temperature <= 0:
                 raise ValueError("fdbh: temperature must be > 0")
             if self.neighbour_mode not in NEIGHBOUR_MODES:
                 raise ValueError(f"fdbh: neighbour_mode must be one of {NEIGHBOUR_MODES}, "
                                  f"got '{self.neighbour_mode}'")
-            if self.neighbour_refresh < 0:
-                raise ValueError(f"fdbh: neighbour_refresh must be >= 0 (epochs; 0 = never), "
-                                 f"got {self.neighbour_refresh}")
-            if self.neighbour_k < 1:
-                raise ValueError(f"fdbh: neighbour_k must be >= 1, got {self.neighbour_k}")
             if self.neighbour_weight < 0:
                 raise ValueError(f"fdbh: neighbour_weight must be >= 0, got {self.neighbour_weight}")
+            if self.neighbour_prob < 0:
+                raise ValueError(f"fdbh: neighbour_prob must be in [0, 1], got {self.neighbour_prob}")
+            try:  # k, pool, prob ≤ 1 and refresh: NeighbourSpec's checks (prob 0 = off, valid)
+                self.neighbour_spec()
+            except ValueError as error:  # "neighbour k must …" names the key neighbour_k
+                raise ValueError(f"fdbh: {str(error).replace('neighbour ', 'neighbour_', 1)}"
+                                 ) from None
+
+        def neighbour_spec(self) -> NeighbourSpec:
+            """The neighbour spec these settings ask for (prob 0, "off", checked as 1)."""
+            return NeighbourSpec(k=self.neighbour_k, pool=self.neighbour_pool,
+                                 prob=self.neighbour_prob or 1.0, refresh=self.neighbour_refresh)
 
     def __init__(self, feature_dim: int, bits: Sequence[int], config: Config | None = None):
         super().__init__(feature_dim, bits, config)
@@ -136,15 +138,13 @@ class FDBH(HashMethod):
     def neighbours(self) -> NeighbourSpec | None:
         """Mined neighbours when ``neighbour_prob`` > 0 (the improved contrastive framework)."""
         c = self.config
-        if c.neighbour_prob <= 0:
-            return None
-        return NeighbourSpec(k=c.neighbour_k, pool=c.neighbour_pool, prob=c.neighbour_prob,
-                             refresh=c.neighbour_refresh)
+        return c.neighbour_spec() if c.neighbour_prob > 0 else None
 
-    def _balanced(self, u: torch.Tensor, k: int) -> torch.Tensor:
-        """FDO standardisation (identity when FDO is not 'standardize')."""
+    def _balanced(self, u: torch.Tensor, k: int, ctx: BatchContext = LOCAL) -> torch.Tensor:
+        """FDO standardisation over the (global) batch, running statistics updated;
+        the identity when FDO is not 'standardize'."""
         if self.config.fdo == "standardize":
-            return self.fdo[str(k)](u)
+            return ctx.batch_norm(u, self.fdo[str(k)])
         return u
 
     def alpha(self, step: StepInfo) -> float:
@@ -152,67 +152,40 @@ class FDBH(HashMethod):
         c = self.config
         return c.alpha_start + (c.alpha_end - c.alpha_start) * step.progress
 
-    def training_loss(self, views: Sequence[torch.Tensor], step: StepInfo) -> LossOutput:
-        c = self.config
-        group = step.group  # None in one process; the global batch otherwise
-        feats = [v.float() for v in views]
-        n, m = feats[0].shape[0], len(feats)
-        f_all = torch.cat(feats)
-        total = f_all.new_zeros(())
-        parts: dict[str, torch.Tensor] = {}
+    def step_inputs(self, views: Sequence[torch.Tensor], step: StepInfo) -> tuple[torch.Tensor, int]:
+        """Every view's features stacked (``[m·n, d]``: view 1, view 2, the neighbour), and m."""
+        return torch.cat([v.float() for v in views]), len(views)
 
-        def contrastive(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-            if group is None:
-                return nt_xent(a, b, c.temperature)
-            return group.nt_xent(a, b, c.temperature)
+    def code_loss(self, bits: int, inputs: tuple[torch.Tensor, int], step: StepInfo) -> Terms:
+        c, ctx = self.config, step.batch
+        f, m = inputs
+        n = f.shape[0] // m
+        u = self.encoders[str(bits)](f)
+        u_hat = self._balanced(u, bits, ctx)  # all views together: one set of statistics per bit
+        if c.fdo == "bihalf":
+            b = torch.cat([bihalf_sign(u_hat[i * n:(i + 1) * n], c.bihalf_gamma) for i in range(m)])
+        elif c.polarization:
+            b = sign_st(torch.tanh(self.alpha(step) * u_hat))
+        else:
+            b = sign_st(u_hat)
 
-        for k in self.bits:
-            u = self.encoders[str(k)](f_all)
-            # all views standardised together: one set of batch statistics per bit
-            if c.fdo == "standardize" and group is not None:
-                u_hat = group.batch_norm(u, self.fdo[str(k)])
-            else:
-                u_hat = self._balanced(u, k)
-            if c.fdo == "bihalf":
-                b = torch.cat([bihalf_sign(u_hat[i * n:(i + 1) * n], c.bihalf_gamma) for i in range(m)])
-            elif c.polarization:
-                b = sign_st(torch.tanh(self.alpha(step) * u_hat))
-            else:
-                b = sign_st(u_hat)
-            loss_k = contrastive(b[:n], b[n:2 * n])
-            parts[f"contrastive_{k}"] = loss_k.detach()
-            if m == 3:  # the neighbour (extra positive) against both views of the image
-                extra = 0.5 * (contrastive(b[:n], b[2 * n:]) + contrastive(b[n:2 * n], b[2 * n:]))
-                loss_k = loss_k + c.neighbour_weight * extra
-                parts[f"neighbour_{k}"] = extra.detach()
-            if c.polarization:
-                if group is None:
-                    pol = polarization_loss(u_hat, c.margin)
-                else:
-                    pol = group.mean_rows(torch.relu(c.margin - u_hat.float().abs()).mean(dim=1),
-                                          rows_per_process=m * n)
-                loss_k = loss_k + c.lambda_pol * pol
-                parts[f"polarization_{k}"] = pol.detach()
-            if c.decorrelation and c.fdo != "none":
-                views_u = [u_hat[i * n:(i + 1) * n] for i in range(m)]
-                if group is None:
-                    dec = sum(decorrelation_loss(x) for x in views_u) / m
-                else:
-                    dec = sum(group.decorrelation(x) for x in views_u) / m
-                loss_k = loss_k + c.lambda_dec * dec
-                parts[f"decorrelation_{k}"] = dec.detach()
-            if c.reconstruction:
-                rebuilt = self.decoders[str(k)](b)
-                if group is None:
-                    rec = cosine_reconstruction_loss(rebuilt, f_all)
-                else:
-                    cos = torch.nn.functional.cosine_similarity(
-                        rebuilt.float(), f_all.detach().float(), dim=1)
-                    rec = group.mean_rows(1 - cos, rows_per_process=m * n)
-                loss_k = loss_k + c.lambda_rec * rec
-                parts[f"reconstruction_{k}"] = rec.detach()
-            total = total + loss_k
-        return LossOutput(total, parts)
+        def contrastive(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return nt_xent(x, y, c.temperature, ctx=ctx)
+
+        # (fresh slices per use: autograd then sums their gradients in the order it always has)
+        terms: dict[str, torch.Tensor | Term] = {"contrastive": contrastive(b[:n], b[n:2 * n])}
+        if m == 3:  # the neighbour (extra positive) against both views of the image
+            extra = 0.5 * (contrastive(b[:n], b[2 * n:]) + contrastive(b[n:2 * n], b[2 * n:]))
+            terms["neighbour"] = Term(extra, c.neighbour_weight)
+        if c.polarization:
+            terms["polarization"] = Term(polarization_loss(u_hat, c.margin, ctx), c.lambda_pol)
+        if c.decorrelation and c.fdo != "none":
+            per_view = [decorrelation_loss(u_hat[i * n:(i + 1) * n], ctx=ctx) for i in range(m)]
+            terms["decorrelation"] = Term(sum(per_view) / m, c.lambda_dec)
+        if c.reconstruction:
+            rebuilt = self.decoders[str(bits)](b)
+            terms["reconstruction"] = Term(cosine_reconstruction_loss(rebuilt, f, ctx), c.lambda_rec)
+        return terms
 
     def check_distributed(self) -> None:
         """Supported with ``fdo`` standardize or none: negatives gathered from every

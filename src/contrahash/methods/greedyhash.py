@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from contrahash.losses import cubic_quantization_loss
-from contrahash.methods.base import MethodConfig
+from contrahash.methods.base import MethodConfig, Term, Terms
 from contrahash.methods.bihalf import LinearSimilarityHash
 from contrahash.models.codes import sign_st
 
@@ -41,5 +41,5 @@ class GreedyHash(LinearSimilarityHash):
     def training_codes(self, h: torch.Tensor) -> torch.Tensor:
         return sign_st(h)
 
-    def extra_loss(self, h: torch.Tensor) -> tuple[str, torch.Tensor]:
-        return "quantization", self.config.alpha * cubic_quantization_loss(h)
+    def extra_terms(self, h: torch.Tensor) -> Terms:
+        return {"quantization": Term(cubic_quantization_loss(h), self.config.alpha)}

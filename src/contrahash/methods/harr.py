@@ -36,14 +36,25 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from contrahash.losses import bit_correlation_loss, cosine_quantization_loss, wta_contrastive_loss
-from contrahash.methods.base import HashMethod, LossOutput, MethodConfig, OptimSpec, StepInfo
+from contrahash.methods.base import HashMethod, MethodConfig, OptimSpec, StepInfo, Term, Terms
 from contrahash.methods.wta import wta_codes, wta_similarity, wta_threshold
 from contrahash.models.codes import sign_pm1
+
+
+class HARRBatch(NamedTuple):
+    """One step's inputs shared by every code length: the views and the batch's structure."""
+
+    strong: torch.Tensor
+    randaug: torch.Tensor
+    weak: torch.Tensor
+    positives: torch.Tensor  # S [B, B] bool
+    w: torch.Tensor  # [B, B] WTA agreement rate
 
 
 class HARR(HashMethod):
@@ -151,8 +162,8 @@ class HARR(HashMethod):
         """v = tanh(Linear(ReLU(f))) for one code length."""
         return self.heads[str(bits)](features.float())
 
-    def training_loss(self, views: Sequence[torch.Tensor], step: StepInfo) -> LossOutput:
-        c = self.config
+    def step_inputs(self, views: Sequence[torch.Tensor], step: StepInfo) -> HARRBatch:
+        """The three views and the batch's block of the WTA structure (from its positions)."""
         if step.positions is None:
             raise RuntimeError(
                 "harr: a training step needs StepInfo.positions (the batch rows' positions in "
@@ -165,20 +176,17 @@ class HARR(HashMethod):
                 f"{weak.shape[0]}"
             )
         positives, w = self.batch_structure(step.positions)
-        positives, w = positives.to(weak.device), w.to(weak.device)
-        thr, pos, neg = self.thr, float(self.pos), float(self.neg)
-        total = weak.new_zeros((), dtype=torch.float32)
-        parts: dict[str, float] = {}
-        for k in self.bits:
-            v_weak = self.head_output(weak, k)
-            l_wta = wta_contrastive_loss(v_weak, positives, w, thr, pos, neg, c.temperature)
-            l_bcr = bit_correlation_loss(self.head_output(strong, k), self.head_output(randaug, k))
-            l_q = cosine_quantization_loss(v_weak)
-            total = total + l_wta + c.lambda_bcr * l_bcr + c.lambda_q * l_q
-            parts[f"wta_{k}"] = l_wta.detach()
-            parts[f"bcr_{k}"] = l_bcr.detach()
-            parts[f"quantization_{k}"] = l_q.detach()
-        return LossOutput(total, parts)
+        return HARRBatch(strong, randaug, weak, positives.to(weak.device), w.to(weak.device))
+
+    def code_loss(self, bits: int, inputs: HARRBatch, step: StepInfo) -> Terms:
+        c, x = self.config, inputs
+        v_weak = self.head_output(x.weak, bits)
+        l_wta = wta_contrastive_loss(v_weak, x.positives, x.w, self.thr, float(self.pos),
+                                     float(self.neg), c.temperature)
+        l_bcr = bit_correlation_loss(self.head_output(x.strong, bits),
+                                     self.head_output(x.randaug, bits))
+        return {"wta": l_wta, "bcr": Term(l_bcr, c.lambda_bcr),
+                "quantization": Term(cosine_quantization_loss(v_weak), c.lambda_q)}
 
     @torch.no_grad()
     def encode(self, features: torch.Tensor) -> dict[int, torch.Tensor]:

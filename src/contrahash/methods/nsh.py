@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from contrahash.losses import sorted_nce_loss, squared_quantization_loss
-from contrahash.methods.base import HashMethod, LossOutput, MethodConfig, OptimSpec, StepInfo
+from contrahash.methods.base import HashMethod, MethodConfig, OptimSpec, StepInfo, Term, Terms
 from contrahash.models.codes import sign_pm1
 
 
@@ -83,22 +83,15 @@ class NSH(HashMethod):
         """z = l2norm(Linear(f)) of the code length's latent head."""
         return F.normalize(self.latent_heads[str(bits)](features.float()), dim=1)
 
-    def training_loss(self, views: Sequence[torch.Tensor], step: StepInfo) -> LossOutput:
+    def code_loss(self, bits: int, inputs: Sequence[torch.Tensor], step: StepInfo) -> Terms:
         c = self.config
-        f1, f2 = views[0], views[1]
-        total = f1.new_zeros((), dtype=torch.float32)
-        parts: dict[str, float] = {}
-        for k in self.bits:
-            b1, b2 = self.relaxed_codes(f1, k), self.relaxed_codes(f2, k)
-            z1, z2 = self.latents(f1, k), self.latents(f2, k)
-            nce = sorted_nce_loss(
-                b1, b2, z1, z2, c.n_positives, c.temperature, c.sort_temperature, c.chunk
-            )
-            quantization = 0.5 * (squared_quantization_loss(b1) + squared_quantization_loss(b2))
-            total = total + nce + c.lambda_q * quantization
-            parts[f"sorted_nce_{k}"] = nce.detach()
-            parts[f"quantization_{k}"] = quantization.detach()
-        return LossOutput(total, parts)
+        f1, f2 = inputs[0], inputs[1]
+        b1, b2 = self.relaxed_codes(f1, bits), self.relaxed_codes(f2, bits)
+        z1, z2 = self.latents(f1, bits), self.latents(f2, bits)
+        nce = sorted_nce_loss(b1, b2, z1, z2, c.n_positives, c.temperature, c.sort_temperature,
+                              c.chunk)
+        quantization = 0.5 * (squared_quantization_loss(b1) + squared_quantization_loss(b2))
+        return {"sorted_nce": nce, "quantization": Term(quantization, c.lambda_q)}
 
     @torch.no_grad()
     def encode(self, features: torch.Tensor) -> dict[int, torch.Tensor]:

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from contrahash.losses import bit_balance_loss, soft_target_cross_entropy
-from contrahash.methods.base import HashMethod, LossOutput, MethodConfig, OptimSpec, StepInfo
+from contrahash.methods.base import HashMethod, MethodConfig, OptimSpec, StepInfo, Term, Terms
 from contrahash.models.codes import sign_pm1, sign_st
 
 
@@ -137,23 +137,24 @@ class WCH(HashMethod):
         self._check_tokens(tokens)
         return self.heads[str(bits)](tokens.float().mean(dim=1))
 
-    def training_loss(self, views: Sequence[torch.Tensor], step: StepInfo) -> LossOutput:
+    def step_inputs(self, views: Sequence[torch.Tensor], step: StepInfo
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The two views' token grids and the target W of the batch."""
         c = self.config
         x1, x2 = views[0], views[1]
         self._check_tokens(x1)
         self._check_tokens(x2)
-        target = weighted_target(x1, x2, c.attention_temperature, c.target_temperature)
-        total = x1.new_zeros((), dtype=torch.float32)
-        parts: dict[str, float] = {}
-        for k in self.bits:
-            b1 = sign_st(self.relaxed_codes(x1, k))
-            b2 = sign_st(self.relaxed_codes(x2, k))
-            contrastive = soft_target_cross_entropy(b1 @ b2.t() / (k * c.code_temperature), target)
-            balance = bit_balance_loss(b1)
-            total = total + contrastive + c.lambda_balance * balance
-            parts[f"weighted_contrastive_{k}"] = contrastive.detach()
-            parts[f"balance_{k}"] = balance.detach()
-        return LossOutput(total, parts)
+        return x1, x2, weighted_target(x1, x2, c.attention_temperature, c.target_temperature)
+
+    def code_loss(self, bits: int, inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                  step: StepInfo) -> Terms:
+        c = self.config
+        x1, x2, target = inputs
+        b1 = sign_st(self.relaxed_codes(x1, bits))
+        b2 = sign_st(self.relaxed_codes(x2, bits))
+        contrastive = soft_target_cross_entropy(b1 @ b2.t() / (bits * c.code_temperature), target)
+        return {"weighted_contrastive": contrastive,
+                "balance": Term(bit_balance_loss(b1), c.lambda_balance)}
 
     @torch.no_grad()
     def encode(self, features: torch.Tensor) -> dict[int, torch.Tensor]:

@@ -6,8 +6,9 @@ and the batch size of the config is the *global* batch. Each step, every process
 same global batch from the same seeded generator and takes its slice of rows
 (:meth:`BatchGroup.shard`), so the batches do not depend on the number of processes.
 
-A method's loss is made global through a :class:`BatchGroup` it finds in
-``StepInfo.group``:
+A step's loss is made global through the :class:`BatchGroup` it finds in ``StepInfo.batch``:
+the batch context of several processes (:mod:`contrahash.losses.context`; in one process the
+context's reductions are identities and plain means, so a loss is written once):
 
 * contrastive negatives come from every process, gathered *with* gradient
   (``torch.distributed.nn.functional.all_gather``; plain ``dist.all_gather`` drops it);
@@ -17,8 +18,7 @@ A method's loss is made global through a :class:`BatchGroup` it finds in
   global count), and the gradients are summed over processes (:meth:`BatchGroup.sum_grads`):
   the sum of the shares' gradients is the gradient of the global loss.
 
-With one process no group exists and every loss runs its single-process code unchanged. A
-method declares whether it supports this (``HashMethod.check_distributed``); one that cannot
+A method declares whether it supports this (``HashMethod.check_distributed``); one that cannot
 refuses with a message instead of training differently. ``docs/scaling.md`` says what is
 identical to a single process and what is not.
 """
@@ -33,10 +33,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
-__all__ = ["BatchGroup", "DistributedContext", "GlobalBatchNorm2d", "context", "global_batchnorm",
-           "init_from_env", "is_distributed", "share_pieces"]
+from contrahash.losses.context import LOCAL, BatchContext
+
+__all__ = ["BatchGroup", "DistributedContext", "GlobalBatchNorm2d", "batch_context",
+           "batch_norm_over_processes", "context", "global_batchnorm", "init_from_env",
+           "is_distributed", "share_pieces"]
 
 
 def is_distributed() -> bool:
@@ -144,9 +146,46 @@ def share_pieces(ctx: DistributedContext, pieces: Sequence[tuple], shape: Sequen
             sink(p, moved.cpu().numpy())
 
 
-class BatchGroup:
+def _all_sum(x: torch.Tensor) -> torch.Tensor:
+    """Σ over processes of ``x``, differentiable (the backward sums the gradients)."""
+    from torch.distributed.nn.functional import all_reduce
+
+    with _quiet():
+        return all_reduce(x.contiguous(), op=dist.ReduceOp.SUM)
+
+
+def batch_norm_over_processes(x: torch.Tensor, bn: torch.nn.modules.batchnorm._BatchNorm,
+                      world_size: int) -> torch.Tensor:
+    """``bn`` in training mode over the global batch: ``x`` (this process's ``[N, C, ...]``)
+    is standardised per channel (dim 1) with the mean and biased variance of every process's
+    values, ``bn``'s affine applied if it has one; the running statistics move as one
+    ``bn`` over the whole global batch would move them. The one formula behind
+    :meth:`BatchGroup.batch_norm` and :class:`GlobalBatchNorm2d`."""
+    dims = tuple(d for d in range(x.ndim) if d != 1)
+    shape = [1] * x.ndim
+    shape[1] = -1
+    count = x.numel() // x.shape[1] * world_size
+    xf = x.float()
+    mean = _all_sum(xf.sum(dims)) / count
+    centred = xf - mean.view(shape)
+    var = _all_sum(centred.pow(2).sum(dims)) / count
+    if bn.track_running_stats and bn.running_mean is not None:
+        with torch.no_grad():
+            momentum = bn.momentum if bn.momentum is not None else 0.1
+            bn.running_mean.mul_(1 - momentum).add_(momentum * mean.detach())
+            unbiased = var.detach() * count / max(1, count - 1)
+            bn.running_var.mul_(1 - momentum).add_(momentum * unbiased)
+            bn.num_batches_tracked.add_(1)
+    y = centred / torch.sqrt(var + bn.eps).view(shape)
+    if bn.affine:
+        y = y * bn.weight.view(shape) + bn.bias.view(shape)
+    return y.to(x.dtype)
+
+
+class BatchGroup(BatchContext):
     """The processes sharing one global batch of ``global_size`` rows, from a training step's
-    point of view; this process holds rows ``offset … offset + local_size - 1``."""
+    point of view: the :class:`~contrahash.losses.context.BatchContext` of several processes.
+    This process holds rows ``rank · local_size … (rank + 1) · local_size - 1``."""
 
     def __init__(self, ctx: DistributedContext, global_size: int) -> None:
         if global_size % ctx.world_size:
@@ -156,47 +195,24 @@ class BatchGroup:
         self.ctx = ctx
         self.global_size = int(global_size)
         self.local_size = self.global_size // ctx.world_size
-        self.offset = ctx.rank * self.local_size
 
     @property
-    def world_size(self) -> int:
+    def world_size(self) -> int:  # type: ignore[override]
         return self.ctx.world_size
 
+    @property
+    def rank(self) -> int:  # type: ignore[override]
+        return self.ctx.rank
+
+    # -- the step ----------------------------------------------------------------------------
     def shard(self, rows: torch.Tensor) -> torch.Tensor:
         """This process's slice of a global batch's rows (dim 0)."""
-        return rows[self.offset: self.offset + self.local_size]
+        start = self.rank * self.local_size
+        return rows[start: start + self.local_size]
 
-    # -- collectives with gradient ------------------------------------------------------
-    def gather(self, x: torch.Tensor) -> torch.Tensor:
-        """Every process's rows of ``x``, in rank order (``[global, ...]``), with gradient
-        flowing back to the process that owns each row."""
-        from torch.distributed.nn.functional import all_gather
-
-        with _quiet():
-            return torch.cat(all_gather(x.contiguous()))
-
-    def all_sum(self, x: torch.Tensor) -> torch.Tensor:
-        """Σ over processes of ``x``, differentiable (the backward sums the gradients)."""
-        from torch.distributed.nn.functional import all_reduce
-
-        with _quiet():
-            return all_reduce(x.contiguous(), op=dist.ReduceOp.SUM)
-
-    def mean_rows(self, per_row: torch.Tensor, rows_per_process: int | None = None
-                  ) -> torch.Tensor:
-        """This process's share of a mean over the global batch's rows: Σ of its rows divided
-        by the global count (``rows_per_process`` per process; default the batch's)."""
-        n = rows_per_process if rows_per_process is not None else self.local_size
-        return per_row.sum() / (n * self.world_size)
-
-    def share(self, value: torch.Tensor) -> torch.Tensor:
-        """A term every process computes identically from global statistics, counted once
-        in the sum of the processes' losses."""
-        return value / self.world_size
-
-    # -- the optimiser step ----------------------------------------------------------------
     def sum_grads(self, parameters: Iterable[torch.nn.Parameter]) -> None:
-        """Sum every parameter's gradient over the processes (one flat all-reduce)."""
+        """Sum every parameter's gradient over the processes (one flat all-reduce): the
+        shares' gradients sum to the global loss's gradient."""
         grads = [p.grad for p in parameters if p.grad is not None]
         if not grads:
             return
@@ -220,86 +236,53 @@ class BatchGroup:
         dist.all_reduce(big, op=dist.ReduceOp.MIN)
         return torch.where(big == 2**31 - 1, torch.tensor(-1), big)
 
-    # -- global batch statistics -----------------------------------------------------------
-    def batch_norm(self, u: torch.Tensor, bn: torch.nn.BatchNorm1d, views: int = 1
-                   ) -> torch.Tensor:
-        """``bn`` (no affine) in training mode over the global batch: every process's ``u``
-        (``views`` views of its rows, concatenated) is standardised with the mean and
-        (biased) variance of all processes' rows; the running statistics move as one
-        ``BatchNorm1d`` over the whole global batch would move them."""
-        count = u.shape[0] * self.world_size
-        mean = self.all_sum(u.sum(dim=0)) / count
-        centred = u - mean
-        var = self.all_sum(centred.pow(2).sum(dim=0)) / count
-        with torch.no_grad():
-            if bn.track_running_stats and bn.running_mean is not None:
-                momentum = bn.momentum if bn.momentum is not None else 0.1
-                bn.running_mean.mul_(1 - momentum).add_(momentum * mean.detach())
-                unbiased = var.detach() * count / max(1, count - 1)
-                bn.running_var.mul_(1 - momentum).add_(momentum * unbiased)
-                bn.num_batches_tracked.add_(1)
-        return centred / torch.sqrt(var + bn.eps)
+    # -- reductions over the global batch, with gradient -------------------------------------
+    def gather(self, x: torch.Tensor) -> torch.Tensor:
+        """Every process's rows of ``x``, in rank order (``[global, ...]``), with gradient
+        flowing back to the process that owns each row (plain ``dist.all_gather`` drops it)."""
+        from torch.distributed.nn.functional import all_gather
 
-    def decorrelation(self, u: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-        """:func:`~contrahash.losses.decorrelation_loss` of the global batch's rows (this
-        process's rows ``u``), as this process's share."""
-        if u.ndim != 2 or u.shape[1] < 2:
-            return u.new_zeros(())
-        count = u.shape[0] * self.world_size
-        x = u.float()
-        x = x - self.all_sum(x.sum(dim=0, keepdim=True)) / count
-        x = x / (torch.sqrt(self.all_sum(x.pow(2).sum(dim=0, keepdim=True)) / count) + eps)
-        corr = self.all_sum(x.t() @ x) / count
-        k = corr.shape[0]
-        off = corr - torch.diag_embed(torch.diagonal(corr))
-        return self.share(off.pow(2).sum() / (k * (k - 1)))
+        with _quiet():
+            return torch.cat(all_gather(x.contiguous()))
 
-    def nt_xent(self, z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
-        """:func:`~contrahash.losses.nt_xent` over the global batch (every process's rows
-        are negatives of every anchor), as this process's share: its anchors' terms over
-        the global number of anchors."""
-        n, offset, total = z1.shape[0], self.offset, self.global_size
-        everyone = F.normalize(torch.cat([self.gather(z1.float()), self.gather(z2.float())]),
-                               dim=1)
-        local = torch.cat([torch.arange(offset, offset + n),
-                           torch.arange(total + offset, total + offset + n)]).to(z1.device)
-        sim = everyone[local] @ everyone.t() / temperature
-        own = torch.zeros_like(sim, dtype=torch.bool)
-        own[torch.arange(2 * n, device=z1.device), local] = True
-        sim = sim.masked_fill(own, float("-inf"))  # an anchor is not its own negative
-        target = torch.cat([local[n:], local[:n]])
-        return F.cross_entropy(sim, target, reduction="sum") / (2 * total)
+    def all_sum(self, x: torch.Tensor) -> torch.Tensor:
+        """Σ over processes of ``x``, differentiable (the backward sums the gradients)."""
+        return _all_sum(x)
+
+    def mean(self, x: torch.Tensor, dim: int = 0, keepdim: bool = False) -> torch.Tensor:
+        """The global batch's mean along ``dim``: sums all-reduced, over the global count."""
+        return self.all_sum(x.sum(dim=dim, keepdim=keepdim)) / (x.shape[dim] * self.world_size)
+
+    def share_of_mean(self, values: torch.Tensor) -> torch.Tensor:
+        """Σ of this process's values over the global count."""
+        return values.sum() / (values.numel() * self.world_size)
+
+    def share(self, value: torch.Tensor) -> torch.Tensor:
+        """A value every process computes alike, divided by the number of processes."""
+        return value / self.world_size
+
+    def batch_norm(self, x: torch.Tensor, bn: torch.nn.BatchNorm1d) -> torch.Tensor:
+        """:func:`batch_norm_over_processes`: statistics of the global batch's rows."""
+        return batch_norm_over_processes(x, bn, self.world_size)
+
+
+def batch_context(ctx: DistributedContext, global_size: int) -> BatchContext:
+    """The batch context of a training step with global batches of ``global_size`` rows:
+    :data:`~contrahash.losses.context.LOCAL` in one process, a :class:`BatchGroup` in
+    several (the one place that tells the two apart)."""
+    return BatchGroup(ctx, global_size) if ctx.world_size > 1 else LOCAL
 
 
 class GlobalBatchNorm2d(torch.nn.BatchNorm2d):
-    """``BatchNorm2d`` whose training-mode statistics are the global batch's: per-channel sums
-    all-reduced over the processes with gradient (what ``SyncBatchNorm`` does on CUDA, which
-    refuses CPU modules). In eval mode, or in one process, it is ``BatchNorm2d``."""
+    """``BatchNorm2d`` whose training-mode statistics are the global batch's
+    (:func:`batch_norm_over_processes`: per-channel sums all-reduced with gradient — what
+    ``SyncBatchNorm`` does on CUDA, which refuses CPU modules). In eval mode, or in one
+    process, it is ``BatchNorm2d``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or not dist.is_initialized() or dist.get_world_size() == 1:
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
-        world = dist.get_world_size()
-        count = x.numel() // x.shape[1] * world
-        dims = (0, 2, 3)
-        xf = x.float()
-        with _quiet():
-            mean = all_reduce(xf.sum(dims), op=dist.ReduceOp.SUM) / count
-            centred = xf - mean[None, :, None, None]
-            var = all_reduce(centred.pow(2).sum(dims), op=dist.ReduceOp.SUM) / count
-        if self.track_running_stats and self.running_mean is not None:
-            with torch.no_grad():
-                momentum = self.momentum if self.momentum is not None else 0.1
-                self.running_mean.mul_(1 - momentum).add_(momentum * mean.detach())
-                unbiased = var.detach() * count / max(1, count - 1)
-                self.running_var.mul_(1 - momentum).add_(momentum * unbiased)
-                self.num_batches_tracked.add_(1)
-        y = centred / torch.sqrt(var + self.eps)[None, :, None, None]
-        if self.affine:
-            y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
-        return y.to(x.dtype)
+        return batch_norm_over_processes(x, self, dist.get_world_size())
 
 
 def global_batchnorm(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:

@@ -1,25 +1,24 @@
-"""The training loop, at the top of the run's pieces: what ``contrahash train`` calls.
+"""A training run, from its directory to its results: what ``contrahash train`` calls.
 
 :func:`train_run` assembles a run from its pieces — the run directory
-(:mod:`contrahash.training.rundir`), the model (:mod:`contrahash.models.model`), the feature provider
-(:mod:`contrahash.training.providers`), neighbour mining (:mod:`contrahash.training.neighbours`) and the
-evaluator (:mod:`contrahash.evaluation.evaluate`) — and drives the one epoch loop,
-:func:`train_epochs`, which :func:`train_on_features` (heads on in-memory features) uses too.
-
-Every epoch draws its randomness from generators seeded by ``(seed, epoch)`` and a checkpoint
-holds the optimiser and RNG state, so a resumed CPU run ends with the same codes as an
+(:mod:`contrahash.training.rundir`), the model (:mod:`contrahash.models.model`), the feature
+provider (:mod:`contrahash.training.providers`), neighbour mining
+(:mod:`contrahash.training.neighbours`), the optimiser (:mod:`contrahash.training.optim`) and
+the evaluator (:mod:`contrahash.evaluation.evaluate`) — and drives the one epoch loop
+(:mod:`contrahash.training.loop`). The :class:`Trainer` holds the resume policy: a resume
+continues from the last checkpoint (:mod:`contrahash.training.checkpoints`) with the run's own
+config, thread count and process count, so a resumed CPU run ends with the same codes as an
 uninterrupted one. The model of the last epoch is kept: nothing is selected on labelled query
 data. Progress of every phase goes to a callback (:mod:`contrahash.progress`).
 """
 
 from __future__ import annotations
 
-import math
 import os
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,36 +26,19 @@ import numpy as np
 import torch
 
 from contrahash.config import TrainConfig, expand_source, folder_labels
-from contrahash.methods.base import HashMethod, OptimSpec, StepInfo
+from contrahash.methods.base import OptimSpec
 from contrahash.models.features import FeatureCache
 from contrahash.models.model import HashingModel, build_model, select_device
 from contrahash.progress import Progress, ProgressCallback, as_progress
-from contrahash.training.distributed import BatchGroup, context, global_batchnorm
+from contrahash.training.checkpoints import CHECKPOINT_SECONDS, load_checkpoint, save_checkpoint
+from contrahash.training.distributed import batch_context, context, global_batchnorm
+from contrahash.training.loop import train_epochs
 from contrahash.training.neighbours import NeighbourMining
-from contrahash.training.providers import (
-    Epoch,
-    FeatureProvider,
-    feature_view_batches,
-    make_provider,
-)
+from contrahash.training.optim import batch_size_for, make_optimizer, resolve_optim
+from contrahash.training.providers import FeatureProvider, make_provider
 from contrahash.training.rundir import RunDirectory, RunStateError
 
-__all__ = [
-    "RunResult",
-    "Trainer",
-    "TrainingError",
-    "default_run_dir",
-    "make_optimizer",
-    "resolve_optim",
-    "run_epoch",
-    "train_epochs",
-    "train_on_features",
-    "train_run",
-]
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (non-finite loss, inconsistent resume); the message says why."""
+__all__ = ["RunResult", "Trainer", "default_run_dir", "train_run"]
 
 
 @dataclass
@@ -71,226 +53,7 @@ class RunResult:
     reused: bool = False
 
 
-# ----------------------------------------------------------------------------- optimiser
-def resolve_optim(method: HashMethod, overrides: dict[str, Any]) -> OptimSpec:
-    """The method's default recipe with config overrides, unknown keys named."""
-    known = {f.name for f in fields(OptimSpec)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ValueError(f"optim: unknown key(s) {unknown}; known keys: {sorted(known)}")
-    return OptimSpec(**{**asdict(method.default_optim), **overrides})
 
-
-def make_optimizer(spec: OptimSpec, head_params: Sequence[torch.nn.Parameter],
-                   backbone_params: Sequence[torch.nn.Parameter] = ()) -> torch.optim.Optimizer:
-    """Adam or SGD over the method's parameters (and a backbone group at lr × scale)."""
-    groups = [{"params": [p for p in head_params if p.requires_grad], "lr": spec.lr}]
-    backbone_params = [p for p in backbone_params if p.requires_grad]
-    if backbone_params:
-        groups.append({"params": backbone_params, "lr": spec.lr * spec.backbone_lr_scale})
-    for group in groups:
-        group["base_lr"] = group["lr"]
-    if spec.name == "adam":
-        return torch.optim.Adam(groups, lr=spec.lr, weight_decay=spec.weight_decay)
-    if spec.name == "sgd":
-        return torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum,
-                               weight_decay=spec.weight_decay)
-    raise ValueError(f"optim.name must be 'adam' or 'sgd', got '{spec.name}'")
-
-
-def set_epoch_lr(optimizer: torch.optim.Optimizer, spec: OptimSpec, epoch: int, epochs: int) -> float:
-    """Apply the schedule for ``epoch`` (constant or cosine); returns the head lr."""
-    factor = 1.0
-    if spec.schedule == "cosine":
-        factor = 0.5 * (1 + math.cos(math.pi * epoch / max(1, epochs)))
-    elif spec.schedule != "constant":
-        raise ValueError(f"optim.schedule must be 'constant' or 'cosine', got '{spec.schedule}'")
-    for group in optimizer.param_groups:
-        group["lr"] = group["base_lr"] * factor
-    return optimizer.param_groups[0]["lr"]
-
-
-def batch_size_for(method: HashMethod, spec: OptimSpec, n: int) -> int:
-    """The batch size a run uses: the recipe's, capped by the data and the method."""
-    batch = min(spec.batch_size, n)
-    if method.max_batch is not None:
-        batch = min(batch, method.max_batch)
-    if batch < 2:
-        raise ValueError(f"training needs at least 2 images per batch, have {n} training images")
-    return batch
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """The seed of an epoch's generators (batch order, view picks, augmentation)."""
-    return seed * 100_003 + epoch * 7_919 + 1
-
-
-# ----------------------------------------------------------------------------- the loop
-def run_epoch(
-    method: HashMethod,
-    optimizer: torch.optim.Optimizer,
-    epoch: Epoch,
-    info: StepInfo,
-    on_step: Callable[[int], None] | None = None,
-) -> dict[str, float]:
-    """One pass of optimisation steps over ``epoch``'s batches; mean loss and loss parts.
-
-    Each batch's positions in the training split reach the method as ``StepInfo.positions``.
-    Losses are summed on the device and read once at the end of the epoch: no step waits for
-    the GPU, so the host queues the next batch's augmentation while the GPU computes. A
-    non-finite loss is detected at the end of the epoch (before any checkpoint is written)
-    and reported with the step where it first appeared.
-    """
-    method.train()
-    for module in epoch.trainables:
-        module.train()
-    group = info.group
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    sums: dict[str, torch.Tensor | float] = {}
-    first_bad: torch.Tensor | None = None
-    steps = 0
-    for step, (batch, positions) in enumerate(epoch.batches):
-        if group is not None:  # every process drew the global batch: take this one's rows
-            batch, positions = [group.shard(v) for v in batch], group.shard(positions)
-        info.step = step
-        info.positions = positions
-        inputs = epoch.forward(batch) if epoch.forward is not None else batch
-        out = method.training_loss(inputs, info)
-        loss = out.loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if group is not None:  # the shares' gradients sum to the global loss's gradient
-            group.sum_grads(params)
-        optimizer.step()
-        steps += 1
-        value = loss.detach()
-        bad = ~torch.isfinite(value)
-        first_bad = (torch.where(bad, step, -1) if first_bad is None
-                     else torch.where((first_bad < 0) & bad, step, first_bad))
-        sums["loss"] = sums.get("loss", 0.0) + value
-        for key, part in out.parts.items():
-            sums[key] = sums.get(key, 0.0) + part
-        if on_step is not None:
-            on_step(len(positions) * (group.world_size if group is not None else 1))
-    info.positions = None
-    if group is not None and sums:  # the processes' shares of every logged value, summed
-        keys = list(sums)
-        sums = dict(zip(keys, group.sum_values([torch.as_tensor(sums[k]) for k in keys]),
-                        strict=True))
-        first_bad = group.first_step(first_bad)
-    if first_bad is not None and int(first_bad) >= 0:
-        raise TrainingError(
-            f"non-finite loss at epoch {info.epoch + 1}, step {int(first_bad) + 1}; "
-            "try a lower optim.lr. The last good checkpoint is kept."
-        )
-    return {key: float(v) / max(1, steps) for key, v in sums.items()}
-
-
-EpochFactory = Callable[[int, torch.Generator], Epoch]
-
-
-def train_epochs(
-    method: HashMethod,
-    optimizer: torch.optim.Optimizer,
-    spec: OptimSpec,
-    epochs_for: EpochFactory,
-    *,
-    steps_per_epoch: int,
-    images_per_epoch: int,
-    seed: int = 0,
-    start_epoch: int = 0,
-    device: torch.device | None = None,
-    before_epoch: Callable[[int], None] | None = None,
-    after_epoch: Callable[[dict[str, Any]], bool] | None = None,
-    progress: Progress | ProgressCallback | None = None,
-    group: Any = None,
-) -> list[dict[str, Any]]:
-    """The one epoch loop: epochs ``start_epoch … spec.epochs - 1`` of :func:`run_epoch`.
-
-    ``epochs_for(epoch, generator)`` makes an epoch's batches from the epoch's seeded
-    generator; ``before_epoch(epoch)`` runs first (e.g. neighbour re-mining);
-    ``after_epoch(record)`` gets each epoch's record (checkpoint, log) and returns False to
-    stop early. Returns the records of the epochs run.
-    """
-    progress = as_progress(progress)
-    sync = device is not None and device.type == "cuda"
-    logs: list[dict[str, Any]] = []
-    for epoch in range(start_epoch, spec.epochs):
-        if before_epoch is not None:
-            before_epoch(epoch)
-        lr = set_epoch_lr(optimizer, spec, epoch, spec.epochs)
-        torch.manual_seed(epoch_seed(seed, epoch))  # dropout and other in-loss draws
-        generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
-        info = StepInfo(epoch=epoch, epochs=spec.epochs, steps_per_epoch=steps_per_epoch,
-                        group=group)
-        batches = epochs_for(epoch, generator)
-        seen = [0]
-        with progress.phase("training", images_per_epoch, epoch=epoch + 1,
-                            epochs=spec.epochs) as phase:
-
-            def on_step(n: int, seen: list[int] = seen, phase: Any = phase) -> None:
-                seen[0] += n
-                phase.advance(n)
-
-            if sync:
-                torch.cuda.synchronize()
-            t = time.perf_counter()
-            stats = run_epoch(method, optimizer, batches, info, on_step)
-            if sync:
-                torch.cuda.synchronize()
-            dt = time.perf_counter() - t
-            phase.advance(0, loss=stats.get("loss"))
-        record = {"epoch": epoch + 1, "lr": lr, "seconds": round(dt, 3),
-                  "images_per_second": round(seen[0] / dt, 1) if dt else 0.0,
-                  "images": seen[0], **stats}
-        logs.append(record)
-        if after_epoch is not None and after_epoch(record) is False:
-            break
-    method.eval()
-    return logs
-
-
-def train_on_features(
-    method: HashMethod,
-    views: torch.Tensor,
-    *,
-    epochs: int | None = None,
-    optim: OptimSpec | None = None,
-    seed: int = 0,
-    neighbours: np.ndarray | None = None,
-    neighbour_prob: float = 0.0,
-    neighbour_features: torch.Tensor | None = None,
-) -> list[dict[str, Any]]:
-    """Train a method's heads from precomputed backbone outputs of augmented views.
-
-    ``views``: [N, V, d] (or [N, V, T, d] token grids); each step draws ``method.n_views``
-    distinct views per image; ``neighbours`` ([N, k] rows of ``views``, or of
-    ``neighbour_features``) feed the last view with probability ``neighbour_prob``. Returns
-    the per-epoch records.
-
-    >>> from contrahash.methods import build_method
-    >>> m = build_method("cibhash", feature_dim=8, bits=[8])
-    >>> logs = train_on_features(m, torch.randn(64, 4, 8), epochs=2,
-    ...                          optim=OptimSpec(batch_size=16))
-    >>> len(logs)
-    2
-    """
-    spec = optim or method.default_optim
-    if epochs is not None:
-        spec = OptimSpec(**{**asdict(spec), "epochs": epochs})
-    batch = batch_size_for(method, spec, views.shape[0])
-    optimizer = make_optimizer(spec, list(method.parameters()))
-
-    def epochs_for(epoch: int, generator: torch.Generator) -> Epoch:
-        return Epoch(feature_view_batches(views, batch, method.n_views, generator, neighbours,
-                                          neighbour_prob, neighbour_features))
-
-    steps = views.shape[0] // batch
-    return train_epochs(method, optimizer, spec, epochs_for, steps_per_epoch=steps,
-                        images_per_epoch=steps * batch, seed=seed)
-
-
-# ----------------------------------------------------------------------------- a run
 def default_run_dir(cfg: TrainConfig) -> Path:
     """runs/<name> or runs/<method>-<source>-<timestamp>."""
     if cfg.name:
@@ -550,9 +313,7 @@ class Trainer:
         def after_epoch(record: dict[str, Any]) -> bool:
             done = len(logs_seen) + 1
             stop = stop_after_epoch is not None and done >= stop_after_epoch
-            # a checkpoint at most every CHECKPOINT_SECONDS (and at the end, or a stop): a
-            # head trained from cached features runs an epoch in a fraction of a second, and
-            # writing ~100 MB of weights and optimiser state after each would dominate; a
+            # a checkpoint at most every CHECKPOINT_SECONDS (and at the end, or a stop); a
             # resume repeats the epochs since (each is seeded by (seed, epoch): same result)
             if (stop or record["epoch"] >= spec.epochs
                     or time.monotonic() - last_save[0] >= CHECKPOINT_SECONDS):
@@ -564,12 +325,11 @@ class Trainer:
 
         logs_seen: list[dict[str, Any]] = []
         steps = n_train // batch
-        group = BatchGroup(self.ctx, batch) if self.ctx.world_size > 1 else None
         return train_epochs(method, optimizer, spec, lambda e, g: provider.epoch(batch, g),
                             steps_per_epoch=steps, images_per_epoch=steps * batch,
                             seed=self.cfg.seed, start_epoch=start_epoch, device=self.device,
                             before_epoch=before_epoch, after_epoch=after_epoch,
-                            progress=self.progress, group=group)
+                            progress=self.progress, batch=batch_context(self.ctx, batch))
 
     def _neighbour_mining(self) -> NeighbourMining | None:
         spec = self.model.method.neighbours()
@@ -588,32 +348,16 @@ class Trainer:
             out.append(self.model.method.embed(feats.float().to(self.device)).float().cpu())
         return torch.cat(out)
 
-    # -- checkpoints -------------------------------------------------------------------
+    # -- checkpoints (contrahash.training.checkpoints) -----------------------------------
     def _save_checkpoint(self, optimizer: torch.optim.Optimizer, epoch: int) -> None:
-        state = {"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
-                 "numpy_rng": np.random.get_state(),  # noqa: NPY002
-                 "python_rng": random.getstate()}
-        self.run.save_checkpoint(self.model.weights(), state, epoch)
+        save_checkpoint(self.run, self.model.weights(), optimizer, epoch)
         self.completed_epochs = epoch
 
     def _load_checkpoint(self, optimizer: torch.optim.Optimizer) -> int:
         """Restore the last finished epoch if the run has one; the epoch to start at."""
-        loaded = self.run.load_checkpoint(self.device)
-        if loaded is None:
-            return 0
-        weights, state = loaded
-        self.model.load_weights(weights)
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-        np.random.set_state(state["numpy_rng"])  # noqa: NPY002
-        random.setstate(state["python_rng"])
-        self.completed_epochs = int(state["epoch"])
-        self.run.log_event("resume", epoch=self.completed_epochs)
+        self.completed_epochs = load_checkpoint(self.run, optimizer, self.device,
+                                                self.model.load_weights)
         return self.completed_epochs
-
-
-#: the longest time between two checkpoints of a training run
-CHECKPOINT_SECONDS = 30.0
 
 
 def _train_seconds(logs: Sequence[dict[str, Any]]) -> float:
