@@ -107,8 +107,8 @@ RESULT_HITS = 1 << 20
 #: Ids per ``id in [...]`` expression (lookups and deletes).
 ID_CHUNK = 8192
 CONSISTENCY_LEVELS = ("Session", "Strong", "Bounded", "Eventually")
-# (uri, collection) -> time.monotonic() until which reads are Strong (after a delete here).
-_recent_deletes: dict[tuple[str, str], float] = {}
+# (uri, collection) -> time.monotonic() until which reads are Strong (after a change here).
+_recent_changes: dict[tuple[str, str], float] = {}
 
 
 class MilvusIndex:
@@ -263,16 +263,15 @@ class MilvusIndex:
         return int(rows[0]["count(*)"])
 
     def _level(self) -> str:
-        """The consistency of the next read. Milvus 2.3 returns no timestamp for a delete, so
-        a Session read cannot wait for it: reads of a collection are Strong for a second after
-        this process deleted from it (a delete is visible to every read within about one time
-        tick)."""
-        if time.monotonic() < _recent_deletes.get((self.uri, self.collection), 0.0):
+        """Strong for a second after this process inserted or deleted here, else the set level:
+        a Session read cannot wait for a delete (no timestamp in Milvus 2.3), and on Milvus Lite
+        one right after an insert was seen, under load, to miss the rows just inserted."""
+        if time.monotonic() < _recent_changes.get((self.uri, self.collection), 0.0):
             return "Strong"
         return self.consistency
 
-    def _deleted_now(self) -> None:
-        _recent_deletes[(self.uri, self.collection)] = time.monotonic() + 1.0
+    def _changed_now(self) -> None:
+        _recent_changes[(self.uri, self.collection)] = time.monotonic() + 1.0
 
     def _reloading(self, call: Any) -> Any:
         """``call()``, once more after loading the collection again when the server says it is
@@ -326,6 +325,7 @@ class MilvusIndex:
             except self._pm.MilvusException as exc:
                 raise MilvusError(f"{self._where()}: insert of rows {s}..{s + len(block) - 1} "
                                   f"failed: {exc.message}") from None
+        self._changed_now()
 
     def flush(self, *, reload: bool = False, timeout: float | None = None) -> None:
         """Seal the rows inserted so far and wait until the server has indexed them.
@@ -366,13 +366,13 @@ class MilvusIndex:
         present = self._ids_present(wanted)
         for s in range(0, len(present), ID_CHUNK):
             chunk = present[s : s + ID_CHUNK]
-            self._deleted_now()
+            self._changed_now()
             try:
                 coll.delete(f"{PK} in {chunk.tolist()}")
             except self._pm.MilvusException as exc:
                 raise MilvusError(f"{self._where()}: delete of {len(chunk)} ids failed: "
                                   f"{exc.message}") from None
-        self._deleted_now()
+        self._changed_now()
         return len(present)
 
     def _ids_present(self, ids: np.ndarray, limit: int | None = None) -> np.ndarray:
