@@ -81,6 +81,10 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
+#: where the Milvus 2.3 binary writes ``server_id_<pid>`` whatever its configuration or
+#: ``TMPDIR`` says (a path fixed inside that binary, not one of ours): cleaned up on stop
+MILVUS_SERVER_ID_DIR = Path("/tmp/milvus")
+
 class LocalMilvusServer:
     """One ``milvus run standalone`` process whose files all live under ``base_dir``.
 
@@ -235,9 +239,9 @@ class LocalMilvusServer:
                 proc.wait(timeout=30)
         if proc is not None:
             with contextlib.suppress(OSError):
-                os.unlink(f"/tmp/milvus/server_id_{proc.pid}")
+                (MILVUS_SERVER_ID_DIR / f"server_id_{proc.pid}").unlink()
             with contextlib.suppress(OSError):
-                os.rmdir("/tmp/milvus")  # only when empty: another server's files stay
+                MILVUS_SERVER_ID_DIR.rmdir()  # only when empty: another server's files stay
         with contextlib.suppress(FileNotFoundError):
             (self.base_dir / "server.pid").unlink()
 
