@@ -250,6 +250,12 @@ def apply_thread_policy(threads: int | str | None = None) -> ThreadPolicy:
     return _applied
 
 
+def policy_threads() -> int | None:
+    """The thread count :func:`apply_thread_policy` set in this process, None before it ran
+    (for code that sizes its own pool of workers by the policy)."""
+    return None if _applied is None else int(_applied.threads)
+
+
 def thread_settings() -> dict[str, Any]:
     """The thread settings in effect, for ``environment.json`` (results depend on them).
 

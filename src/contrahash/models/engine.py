@@ -164,10 +164,9 @@ def engine_threads() -> int:
     torch's count in the calling thread."""
     import torch
 
-    from contrahash.runtime import thread_settings
+    from contrahash.runtime import policy_threads
 
-    policy = thread_settings()["policy"]
-    return int(policy["threads"]) if policy else int(torch.get_num_threads())
+    return policy_threads() or int(torch.get_num_threads())
 
 
 def weights_hash(module: torch.nn.Module) -> str:

@@ -214,10 +214,9 @@ def _unique_pairs(codes: np.ndarray, radius: int, block: int = 8192,
 
 
 def _join_threads() -> int:
-    from contrahash.runtime import default_threads, thread_settings
+    from contrahash.runtime import default_threads, policy_threads
 
-    policy = thread_settings()["policy"]
-    return int(policy["threads"]) if policy else default_threads()
+    return policy_threads() or default_threads()
 
 
 def _run_tasks(tasks: list, threads: int) -> list:
