@@ -22,8 +22,6 @@ THUMBNAIL_QUALITY = 85
 OWN_ENTRIES = frozenset({"model", "segments", "training", ".contrahash.lock"})
 #: source kinds ``index sync`` rescans
 FOLDER_KINDS = frozenset({"photo-folder", "flat-folder", "folder", "file"})
-#: images encoded per chunk while building (features of one chunk in memory at a time)
-CHUNK = 2048
 
 
 class CollectionError(ValueError):
