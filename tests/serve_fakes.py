@@ -89,6 +89,8 @@ class FakeCollection:
         self._seed = seed
         self._lock = threading.Lock()
         self.encode_batches: list[int] = []
+        #: the threads prepare_query ran on (the service runs it on its decoding threads)
+        self.prepared_threads: list[str] = []
         self.search_hook: threading.Event | None = None  # search_* wait on it when set
         self.search_entered = threading.Event()  # set when a search reaches the hook
         self._staged: list[int] = []
@@ -208,6 +210,13 @@ class FakeCollection:
         if delay:
             time.sleep(delay)
         return self._encode_pure(images)
+
+    def prepare_query(self, pixels: np.ndarray) -> np.ndarray:
+        self.prepared_threads.append(threading.current_thread().name)
+        return pixels
+
+    def encode_prepared(self, prepared: list[np.ndarray]) -> dict[int, np.ndarray]:
+        return self.encode(prepared)
 
     def search_codes(self, codes: np.ndarray, k: int, bits: int) -> list[list[Hit]]:
         state = self._state  # one snapshot for the whole call (reload swaps the reference)

@@ -127,10 +127,13 @@ def test_batched_encoding_equals_one_by_one(world, built):
     collection = open_collection(built)
     images = [collection.decode_image(world["files"][i]) for i in range(9)]
     together = collection.encode(images)
+    # the service's path: each image prepared on its own (decoding threads), one batched forward
+    prepared = collection.encode_prepared([collection.prepare_query(img) for img in images])
     for i, img in enumerate(images):
         alone = collection.encode([img])
         for bits in collection.bits:
             assert np.array_equal(together[bits][i], alone[bits][0])
+            assert np.array_equal(prepared[bits][i], together[bits][i])
 
 
 def test_search_by_id_ranks_by_distance_then_id(built):

@@ -595,6 +595,9 @@ def test_concurrent_uploads_are_batched_and_equal_unbatched_results():
     assert len(fake.encode_batches) < len(ids) and max(fake.encode_batches) > 1
     assert max(fake.encode_batches) <= 8
     assert max(r.json()["encode_batch"] for r in batched) > 1
+    # each upload was prepared for the encoder on a decoding thread, not in the encoder thread
+    assert len(fake.prepared_threads) == len(ids)
+    assert all(name.startswith("decode") for name in fake.prepared_threads)
 
     solo_fake = FakeCollection()
     solo_app = create_app(solo_fake, ServeSettings(batch_window_ms=0, batch_max_size=1))

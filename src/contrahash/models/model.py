@@ -166,26 +166,45 @@ class HashingModel:
             tokens=self.tokens, generator=generator, out=out, start=start, on_batch=on_batch,
             engine=self.compiled_forward())
 
-    def encode_images(self, images: Sequence[np.ndarray]) -> dict[int, np.ndarray]:
-        """±1 int8 codes of decoded images (uint8 [H, W, 3], any sizes): the same transform,
-        forward, precision and rounding as :meth:`extract` + :meth:`encode` on a dataset."""
-        from contrahash.models.features import backbone_inputs, backbone_outputs
+    def prepare_images(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """The forward's inputs of decoded images (uint8 [H, W, 3], any sizes): resized,
+        normalised, in the layout the forward reads (float32 NCHW for the engine,
+        channels-last for torch), one row per image. The per-image CPU work before the
+        forward, separate from :meth:`encode_prepared` so that a service can run it on its
+        decoding threads while the encoder thread runs the previous batch."""
+        from contrahash.models.features import backbone_inputs
 
         if not len(images):
-            return {k: np.zeros((0, k), dtype=np.int8) for k in self.method.bits}
+            raise ValueError("prepare_images: no images")
         transform = self.test_transform()
         engine = self.compiled_forward()
+        rows = [backbone_inputs(self.backbone, torch.from_numpy(np.ascontiguousarray(img))[None],
+                                transform, self.device, channels_last=engine is None)
+                for img in images]
+        x = rows[0] if len(rows) == 1 else torch.cat(rows)
+        return x.float().contiguous() if engine is not None else x
+
+    def encode_prepared(self, x: torch.Tensor) -> dict[int, np.ndarray]:
+        """±1 int8 codes of inputs made by :meth:`prepare_images` (rows of several calls may
+        be concatenated): the forward, precision and rounding of :meth:`extract` +
+        :meth:`encode` on a dataset."""
+        from contrahash.models.features import backbone_outputs
+
         was_training = self.backbone.training
         self.backbone.eval()
         try:
-            x = torch.cat([backbone_inputs(self.backbone, torch.from_numpy(
-                np.ascontiguousarray(img))[None], transform, self.device,
-                channels_last=engine is None) for img in images])
             features = backbone_outputs(self.backbone, x, self.device, amp=self.amp,
-                                        tokens=self.tokens, engine=engine)
+                                        tokens=self.tokens, engine=self.compiled_forward())
         finally:
             self.backbone.train(was_training)
         return self.encode(features)
+
+    def encode_images(self, images: Sequence[np.ndarray]) -> dict[int, np.ndarray]:
+        """±1 int8 codes of decoded images (uint8 [H, W, 3], any sizes): the same transform,
+        forward, precision and rounding as :meth:`extract` + :meth:`encode` on a dataset."""
+        if not len(images):
+            return {k: np.zeros((0, k), dtype=np.int8) for k in self.method.bits}
+        return self.encode_prepared(self.prepare_images(images))
 
     def encode(self, features: torch.Tensor | np.ndarray) -> dict[int, np.ndarray]:
         """±1 int8 codes per code length of test-time features."""

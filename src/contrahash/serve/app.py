@@ -21,6 +21,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -49,9 +50,9 @@ def create_app(collection: Collection, settings: ServeSettings | None = None) ->
     settings = settings or ServeSettings()
     swagger_dir = swagger_assets_dir()
 
-    def encode_batch(images: list[np.ndarray]) -> list[dict[int, np.ndarray]]:
-        codes = collection.encode(images)
-        return [{int(b): np.asarray(c[i]) for b, c in codes.items()} for i in range(len(images))]
+    def encode_batch(prepared: list[Any]) -> list[dict[int, np.ndarray]]:
+        codes = collection.encode_prepared(prepared)
+        return [{int(b): np.asarray(c[i]) for b, c in codes.items()} for i in range(len(prepared))]
 
     state = ServeState(
         collection=collection, settings=settings,
@@ -225,9 +226,9 @@ async def _warm_up(state: ServeState) -> None:
     start = time.perf_counter()
     try:
         loop = asyncio.get_running_loop()
-        pixels = await loop.run_in_executor(state.decode_pool, state.collection.decode_image,
-                                            _warm_up_jpeg())
-        await state.batcher.submit(pixels)
+        prepared, _ = await loop.run_in_executor(state.decode_pool, routes_search.decode_query,
+                                                 state.collection, _warm_up_jpeg())
+        await state.batcher.submit(prepared)
     except Exception:  # noqa: BLE001 - a failed warm-up costs only the first request's time
         log.warning("warm-up query failed; serving anyway", exc_info=True)
         return

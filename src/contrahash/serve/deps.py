@@ -26,7 +26,7 @@ class ServeState:
 
     collection: Collection
     settings: ServeSettings
-    batcher: MicroBatcher[np.ndarray, dict[int, np.ndarray]]
+    batcher: MicroBatcher[Any, dict[int, np.ndarray]]  # prepared queries → their codes
     decode_pool: ThreadPoolExecutor
     reload_lock: threading.Lock = field(default_factory=threading.Lock)
     #: bumped by every reload that changed the collection: the key of :meth:`derived`'s cache

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, File, Form, HTTPException, Query, Request, UploadFile
@@ -19,7 +19,7 @@ from contrahash.serve.deps import (
     resolve_k,
 )
 from contrahash.serve.models import ErrorResponse, QueryInfo, ResultItem, SearchResponse
-from contrahash.serve.types import Hit
+from contrahash.serve.types import Collection, Hit
 
 router = APIRouter()
 
@@ -202,13 +202,11 @@ async def search_by_image(
 
     loop = asyncio.get_running_loop()
     start = time.perf_counter()
-    pixels: np.ndarray = await loop.run_in_executor(state.decode_pool,
-                                                    state.collection.decode_image, data)
-    width, height = await loop.run_in_executor(state.decode_pool, displayed_size, data,
-                                               pixels.shape)
+    prepared, (width, height) = await loop.run_in_executor(state.decode_pool, decode_query,
+                                                           state.collection, data)
     decode_ms = _ms(start)
     start = time.perf_counter()
-    encoded = await state.batcher.submit(pixels)
+    encoded = await state.batcher.submit(prepared)
     encode_ms = _ms(start)
     codes = encoded.value[bits_]
     start = time.perf_counter()
@@ -222,6 +220,15 @@ async def search_by_image(
         count=len(state.collection), results=_results(request, state, hits),
         search_ms=search_ms, decode_ms=decode_ms, encode_ms=encode_ms,
         encode_batch=encoded.batch_size, server_ms=_ms(request_start(request)))
+
+
+def decode_query(collection: Collection, data: bytes) -> tuple[Any, tuple[int, int]]:
+    """An upload → (the encoder's input, the photo's displayed width and height): all the
+    per-image work before the batched forward, in one call on a decoding thread (while the
+    encoder thread runs the batch before)."""
+    pixels = collection.decode_image(data)
+    size = displayed_size(data, pixels.shape)
+    return collection.prepare_query(pixels), size
 
 
 def displayed_size(data: bytes, decoded_shape: tuple[int, ...]) -> tuple[int, int]:

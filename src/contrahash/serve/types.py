@@ -110,6 +110,17 @@ class Collection(Protocol):
         """±1 ``int8 [n, bits]`` codes of ``images`` for every code length (CPU-heavy)."""
         ...
 
+    def prepare_query(self, pixels: np.ndarray) -> Any:
+        """What :meth:`encode_prepared` takes for one decoded image (for a model: the resized,
+        normalised input). The service calls it on its decoding threads, so that the encoder
+        thread runs only the batched forward."""
+        ...
+
+    def encode_prepared(self, prepared: list[Any]) -> dict[int, np.ndarray]:
+        """Like :meth:`encode`, of :meth:`prepare_query` results (one batch): the same codes
+        as :meth:`encode` of the decoded images."""
+        ...
+
     def search_codes(self, codes: np.ndarray, k: int, bits: int) -> list[list[Hit]]:
         """The ``k`` nearest items of each ±1 query code, ranked by ``(distance, id)``."""
         ...

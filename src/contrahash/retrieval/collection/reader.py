@@ -14,7 +14,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,6 +26,9 @@ from contrahash.retrieval.collection.manifest import (
 )
 from contrahash.retrieval.index import HammingIndex
 from contrahash.retrieval.search_index import SearchIndex
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -250,6 +253,20 @@ class Collection:
         """±1 int8 codes of decoded images, exactly as the collection's items were encoded."""
         with self._encode_lock:
             return self.model.encode_images(images)
+
+    def prepare_query(self, pixels: np.ndarray) -> torch.Tensor:
+        """The encoder's input of one decoded image (resized, normalised): CPU work that needs
+        no lock, done on the caller's thread."""
+        return self.model.prepare_images([pixels])
+
+    def encode_prepared(self, prepared: list[torch.Tensor]) -> dict[int, np.ndarray]:
+        """Codes of :meth:`prepare_query` results, encoded as one batch: the codes
+        :meth:`encode` gives for the same images."""
+        import torch
+
+        x = prepared[0] if len(prepared) == 1 else torch.cat(prepared)
+        with self._encode_lock:
+            return self.model.encode_prepared(x)
 
     def _check(self, k: int, bits: int) -> Any:
         if bits not in self._snapshot.indexes:
