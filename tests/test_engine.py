@@ -195,6 +195,20 @@ def test_auto_leaves_small_backbones_and_training_weights_to_torch(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("bf16", ["1", "0"])
+def test_auto_takes_openvino_where_bf16_is_native_else_onnx_runtime(monkeypatch, bf16):
+    monkeypatch.setenv("CONTRAHASH_CPU_BF16", bf16)
+    order = engine_module.auto_order()
+    assert sorted(order) == sorted(engine_module.ENGINES)
+    assert order[0] == ("openvino" if bf16 == "1" else "onnxruntime")
+    monkeypatch.setattr(engine_module, "_installed", lambda name: name == order[1])
+    lite = torch.nn.Linear(1000, 1001)  # over AUTO_MIN_PARAMETERS: "auto" compiles it
+    assert engine_module.resolve_engine("auto", lite, torch.device("cpu")) == order[1]
+    monkeypatch.setattr(engine_module, "_installed", lambda name: True)
+    assert engine_module.resolve_engine("auto", lite, torch.device("cpu")) == order[0]
+    assert engine_module.resolve_engine("auto", lite, torch.device("cuda")) == "torch"
+
+
 # -- the fallback: one warning, torch's own features -------------------------------------------
 
 def test_an_engine_that_disagrees_falls_back_to_torch_with_one_warning(tmp_path, monkeypatch):

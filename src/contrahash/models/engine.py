@@ -23,7 +23,7 @@ frozen part of a :class:`~contrahash.models.backbones.Backbone` into such a comp
   warning, never a wrong code.
 
 Which engine: ``"torch"`` (none), ``"auto"`` (the default: the first installed of
-:data:`ENGINES`, for backbones of at least :data:`AUTO_MIN_PARAMETERS` parameters on the
+:func:`auto_order`, for backbones of at least :data:`AUTO_MIN_PARAMETERS` parameters on the
 CPU), or a name. The process default comes from :func:`set_default_engine` (the CLI's
 ``--engine``) or ``CONTRAHASH_ENGINE``. CUDA always runs torch. The engine runs on the thread
 count of :mod:`contrahash.runtime`'s policy (its own pool, while torch's OpenMP team sleeps:
@@ -52,6 +52,7 @@ __all__ = [
     "ENGINES",
     "ENGINE_FORMAT",
     "CompiledPart",
+    "auto_order",
     "check_engine_name",
     "compile_part",
     "default_engine",
@@ -62,8 +63,7 @@ __all__ = [
     "weights_hash",
 ]
 
-#: engines by preference ("auto" takes the first one installed): OpenVINO's bf16 forward was
-#: the fastest measured here, ONNX Runtime (fp32) the next (docs/engine.md)
+#: the engines; "auto" takes the first installed of :func:`auto_order` (docs/engine.md)
 ENGINES = ("openvino", "onnxruntime")
 #: what every choice may name
 CHOICES = ("auto", "torch", *ENGINES)
@@ -120,9 +120,19 @@ def _installed(name: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+def auto_order() -> tuple[str, ...]:
+    """The engines "auto" tries, in order, on this CPU: OpenVINO first where the CPU has
+    native bf16 (its bf16 forward was the fastest measured), ONNX Runtime first elsewhere —
+    both run fp32 there, and ONNX Runtime was the faster at the batches of caches and index
+    builds (docs/engine.md)."""
+    from contrahash.models.features import cpu_has_native_bf16
+
+    return ENGINES if cpu_has_native_bf16() else ("onnxruntime", "openvino")
+
+
 def resolve_engine(request: str | None, backbone: Any, device: torch.device) -> str:
     """The engine a frozen forward of ``backbone`` on ``device`` should use ("torch" for
-    none): CUDA and "torch" → torch; "auto" → the first installed of :data:`ENGINES` for a
+    none): CUDA and "torch" → torch; "auto" → the first installed of :func:`auto_order` for a
     backbone of at least :data:`AUTO_MIN_PARAMETERS` parameters; a named engine that is not
     installed → torch, with one warning."""
     import torch
@@ -134,7 +144,7 @@ def resolve_engine(request: str | None, backbone: Any, device: torch.device) -> 
         size = sum(p.numel() for p in backbone.parameters())
         if size < AUTO_MIN_PARAMETERS:
             return "torch"
-        return next((e for e in ENGINES if _installed(e)), "torch")
+        return next((e for e in auto_order() if _installed(e)), "torch")
     if not _installed(name):
         warn_once(f"engine {name!r} is not installed (pip install 'contrahash[engine]'); "
                   "encoding with torch")
