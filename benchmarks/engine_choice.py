@@ -34,6 +34,7 @@ apply_thread_policy()  # before torch loads: OpenMP's wait policy is read once, 
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from encode_speed import lite0_model  # noqa: E402  (the same model, built the same way)
 
 from contrahash.data import load_source  # noqa: E402
 from contrahash.data.augment import test_transform  # noqa: E402
@@ -54,9 +55,6 @@ def main() -> None:
     tune_cpu_allocator()  # as the CLI does, before any tensor work
     if not args.data:
         ap.error("--data: the packed CIFAR-10 file (or set CONTRAHASH_CIFAR10)")
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
-    from encode_speed import lite0_model
-
     warnings.simplefilter("ignore")
     engines = ["torch", *ENGINES]  # an engine that is not installed compiles to None
     forwards = {}

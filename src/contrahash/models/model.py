@@ -181,7 +181,7 @@ class HashingModel:
         rows = [backbone_inputs(self.backbone, torch.from_numpy(np.ascontiguousarray(img))[None],
                                 transform, self.device, channels_last=engine is None)
                 for img in images]
-        x = rows[0] if len(rows) == 1 else torch.cat(rows)
+        x = torch.cat(rows)
         return x.float().contiguous() if engine is not None else x
 
     def encode_prepared(self, x: torch.Tensor) -> dict[int, np.ndarray]:

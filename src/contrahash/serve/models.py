@@ -65,7 +65,8 @@ class SearchResponse(BaseModel):
     count: int = Field(description="items in the collection")
     results: list[ResultItem]
     search_ms: float = Field(description="Hamming search only")
-    decode_ms: float | None = Field(None, description="image decoding and preparation for the encoder (image queries)")
+    decode_ms: float | None = Field(
+        None, description="image decoding and preparation for the encoder (image queries)")
     encode_ms: float | None = Field(
         None, description="waiting for and running the batched encoder (image queries)")
     encode_batch: int | None = Field(None, description="images encoded in the same batch")

@@ -264,7 +264,7 @@ class Collection:
         :meth:`encode` gives for the same images."""
         import torch
 
-        x = prepared[0] if len(prepared) == 1 else torch.cat(prepared)
+        x = torch.cat(prepared)
         with self._encode_lock:
             return self.model.encode_prepared(x)
 
